@@ -1,0 +1,271 @@
+//! The ops one training step needs, as one trait with two implementations: `cpu` (the reference, generic over
+//! f32 and f64 so gradients can be checked in f64) and `cuda` (our kernels in `kernels/*.cu`, f32).
+//!
+//! The training loop in `train.rs` only ever holds [`BufId`]s and [`Region`]s, never host memory, so a GPU
+//! backend keeps everything on the device: a step moves nothing between host and device, the batch indices
+//! of a whole epoch go up once, and the per-step losses come back once per epoch.
+//!
+//! Layout conventions, shared by both backends and the kernels: every matrix is row-major and contiguous, its
+//! leading dimension is its column count. `Trans::T` means "read the stored matrix transposed", which is how
+//! the decoder uses the encoder's kernel: one buffer, two orientations, no copy.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::activation::Activation;
+use crate::error::Result;
+
+pub use cpu::CpuBackend;
+
+/// A buffer of scalars owned by a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BufId(pub usize);
+
+/// A buffer of u32 row indices owned by a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdxId(pub usize);
+
+/// `len` scalars of buffer `buf` starting at `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub buf: BufId,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Region {
+    pub fn whole(buf: BufId, len: usize) -> Region {
+        Region {
+            buf,
+            offset: 0,
+            len,
+        }
+    }
+    /// The sub-region `[offset, offset + len)` of this region.
+    pub fn sub(self, offset: usize, len: usize) -> Region {
+        assert!(
+            offset + len <= self.len,
+            "sub-region {offset}+{len} exceeds region of {}",
+            self.len
+        );
+        Region {
+            buf: self.buf,
+            offset: self.offset + offset,
+            len,
+        }
+    }
+    /// The first `len` scalars.
+    pub fn prefix(self, len: usize) -> Region {
+        self.sub(0, len)
+    }
+}
+
+/// `len` indices of index buffer `buf` starting at `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdxRegion {
+    pub buf: IdxId,
+    pub offset: usize,
+    pub len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trans {
+    /// Use the stored matrix as it is.
+    N,
+    /// Use the stored matrix transposed (a stride swap or a kernel flag, never a copy).
+    T,
+}
+
+/// `C = alpha·op(A)·op(B) + beta·C` with op(A) m×k, op(B) k×n, C m×n, all row-major.
+/// A is stored m×k (N) or k×m (T); B is stored k×n (N) or n×k (T). `beta == 0` never reads C, so C may hold
+/// garbage (or NaN) before the call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemm {
+    pub trans_a: Trans,
+    pub trans_b: Trans,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// Adam's per-step values, in Keras's form: `alpha = lr·√(1−β2ᵗ)/(1−β1ᵗ)`,
+/// `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`, `w −= alpha·m/(√v + ε)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    pub alpha: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub epsilon: f32,
+}
+
+/// The scalar type a backend computes in (f32 on the GPU; f32 or f64 on the CPU).
+pub trait Real:
+    Copy
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + std::fmt::Display
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::MulAssign
+    + 'static
+{
+    fn zero() -> Self;
+    fn one() -> Self;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    fn exp(self) -> Self;
+    fn tanh(self) -> Self;
+    fn sqrt(self) -> Self;
+    /// Row-major GEMM through `matrixmultiply` (strided, multithreaded).
+    ///
+    /// # Safety
+    /// The pointers with their strides must cover op(A) m×k, op(B) k×n and C m×n.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_strided(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+macro_rules! impl_real {
+    ($t:ty, $gemm:path) => {
+        impl Real for $t {
+            fn zero() -> Self {
+                0.0
+            }
+            fn one() -> Self {
+                1.0
+            }
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn from_f32(x: f32) -> Self {
+                x as $t
+            }
+            fn to_f32(self) -> f32 {
+                self as f32
+            }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            unsafe fn gemm_strided(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            }
+        }
+    };
+}
+impl_real!(f32, matrixmultiply::sgemm);
+impl_real!(f64, matrixmultiply::dgemm);
+
+/// The ops of a training step. Each op has a CPU twin in `cpu.rs` and a kernel in `kernels/*.cu`; the doc of
+/// each method states the layouts. Regions passed as outputs never overlap regions passed as inputs.
+pub trait Backend {
+    type Scalar: Real;
+
+    /// A short human name ("cpu (2 threads)", "cuda:0 NVIDIA H100").
+    fn name(&self) -> String;
+    /// A new buffer of `len` zeros.
+    fn alloc(&mut self, len: usize) -> Result<BufId>;
+    /// A new index buffer of `len` zeros.
+    fn alloc_indices(&mut self, len: usize) -> Result<IdxId>;
+    /// Bytes this backend has allocated for buffers and index buffers so far.
+    fn allocated_bytes(&self) -> usize;
+    /// Host → backend copy of `src` into `dst` (`src.len() == dst.len`).
+    fn upload(&mut self, dst: Region, src: &[Self::Scalar]) -> Result<()>;
+    /// Host → backend copy of indices into `dst[offset..offset + src.len()]`.
+    fn upload_indices(&mut self, dst: IdxId, offset: usize, src: &[u32]) -> Result<()>;
+    /// Backend → host copy of `src` into `dst` (`dst.len() == src.len`). Waits for queued work.
+    fn download(&mut self, src: Region, dst: &mut [Self::Scalar]) -> Result<()>;
+    /// Sets every element of `dst` to `value`.
+    fn fill(&mut self, dst: Region, value: f32) -> Result<()>;
+
+    /// out is (idx.len, cols): `out[r] = data[idx[r]]`; data is (rows, cols).
+    fn gather_rows(&mut self, data: Region, cols: usize, idx: IdxRegion, out: Region) -> Result<()>;
+    /// See [`Gemm`]. a, b, c are the stored matrices.
+    fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()>;
+    /// z is (rows, cols), bias is (cols): `z = f(z + bias)` in place.
+    fn bias_act(&mut self, z: Region, cols: usize, bias: Region, act: Activation) -> Result<()>;
+    /// grad and y are (rows, cols): `grad *= f'(y)` in place, with y = f(z) the layer's output.
+    fn act_backward(&mut self, grad: Region, y: Region, act: Activation) -> Result<()>;
+    /// pred, target, grad are (rows, cols): `grad = 2/count·(pred − target)·f'(pred)` (the MSE gradient taken
+    /// through the output activation f), and `loss[0] = Σ (pred − target)²` (overwritten).
+    fn mse_backward(
+        &mut self,
+        pred: Region,
+        target: Region,
+        act: Activation,
+        count: usize,
+        grad: Region,
+        loss: Region,
+    ) -> Result<()>;
+    /// m is (rows, cols), out is (cols): `out[j] = Σ_r m[r, j]` (overwritten).
+    fn col_sum(&mut self, m: Region, cols: usize, out: Region) -> Result<()>;
+    /// Keras SGD over a flat buffer: `v = momentum·v − lr·g; w += v`.
+    fn sgd_step(
+        &mut self,
+        w: Region,
+        g: Region,
+        v: Region,
+        lr: f32,
+        momentum: f32,
+    ) -> Result<()>;
+    /// Keras Adam over a flat buffer; see [`AdamStep`].
+    fn adam_step(
+        &mut self,
+        w: Region,
+        g: Region,
+        m: Region,
+        v: Region,
+        step: AdamStep,
+    ) -> Result<()>;
+    /// Waits until every queued op has finished (a no-op on the CPU).
+    fn synchronize(&mut self) -> Result<()>;
+}

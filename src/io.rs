@@ -1,0 +1,337 @@
+//! Model files: safetensors, with the tensors named as Keras would name them so weights move to and from
+//! numpy, PyTorch and Keras:
+//!   encoder.{i}.kernel  f32 (d_i, d_{i+1})   the ONE kernel of tied layer i
+//!   encoder.{i}.bias    f32 (d_{i+1})
+//!   decoder.{i}.bias    f32 (d_i)
+//!   normalization.shift, normalization.scale  f32 (d_0)   x' = (x − shift)·scale, applied before the model
+//! and the rest of what the model needs in the safetensors metadata (string → string): the format and its
+//! version, widths, activations, normalization kind, feature names and ignored columns. There is no decoder
+//! kernel, in memory or on disk.
+//!
+//! Every file is written to a temporary file beside the target and renamed over it only once complete, so
+//! a failed run leaves an existing file exactly as it was.
+
+use crate::activation::Activation;
+use crate::data::{ColumnSelector, NormalizeKind, Normalization};
+use crate::error::{Error, Result};
+use crate::model::ModelSpec;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "tiedae";
+pub const FORMAT_VERSION: &str = "1";
+
+/// Everything a model file holds.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    pub spec: ModelSpec,
+    /// The flat parameter vector, laid out as `ModelSpec::slots` says.
+    pub params: Vec<f32>,
+    pub normalization: Normalization,
+    /// Names of the d_0 feature columns the model was trained on.
+    pub feature_names: Vec<String>,
+    /// The `--ignore-columns` of training, applied again by `eval`, `encode` and `reconstruct`.
+    pub ignore: Vec<ColumnSelector>,
+    /// Free-form facts about the run (optimizer, epochs, final loss, device), shown by `summary`.
+    pub training: BTreeMap<String, String>,
+}
+
+/// Writes `path` atomically: `write` fills a temporary file in the same folder, which is renamed over `path`
+/// only when `write` succeeded. On any error the temporary file is removed and `path` is untouched.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::file(path, "is not a file name"))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        let mut out = std::io::BufWriter::new(file);
+        write(&mut out)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn save_model(path: &Path, model: &ModelFile) -> Result<()> {
+    let spec = &model.spec;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, (slots, w)) in spec.slots().iter().zip(spec.widths.windows(2)).enumerate() {
+        let p = &model.params;
+        tensors.push((
+            format!("encoder.{i}.kernel"),
+            vec![w[0], w[1]],
+            f32_bytes(&p[slots.kernel.clone()]),
+        ));
+        tensors.push((
+            format!("encoder.{i}.bias"),
+            vec![w[1]],
+            f32_bytes(&p[slots.enc_bias.clone()]),
+        ));
+        tensors.push((
+            format!("decoder.{i}.bias"),
+            vec![w[0]],
+            f32_bytes(&p[slots.dec_bias.clone()]),
+        ));
+    }
+    let d0 = spec.input_width();
+    tensors.push((
+        "normalization.shift".into(),
+        vec![d0],
+        f32_bytes(&model.normalization.shift),
+    ));
+    tensors.push((
+        "normalization.scale".into(),
+        vec![d0],
+        f32_bytes(&model.normalization.scale),
+    ));
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::file(path, format!("cannot serialize {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    meta.insert("widths".to_string(), join(&spec.widths));
+    meta.insert("activation".to_string(), spec.activation.to_string());
+    meta.insert("code_activation".to_string(), spec.code_activation.to_string());
+    meta.insert(
+        "output_activation".to_string(),
+        spec.output_activation.to_string(),
+    );
+    meta.insert(
+        "normalize".to_string(),
+        model.normalization.kind.as_str().to_string(),
+    );
+    meta.insert(
+        "feature_names".to_string(),
+        serde_json::to_string(&model.feature_names).expect("strings serialize"),
+    );
+    let ignore: Vec<String> = model.ignore.iter().map(|s| s.to_string()).collect();
+    meta.insert(
+        "ignore_columns".to_string(),
+        serde_json::to_string(&ignore).expect("strings serialize"),
+    );
+    meta.insert(
+        "training".to_string(),
+        serde_json::to_string(&model.training).expect("strings serialize"),
+    );
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::file(path, format!("cannot serialize the model: {e}")))?;
+    write_atomic(path, |w| w.write_all(&bytes).map_err(|e| Error::io(path, e)))
+}
+
+fn join(xs: &[usize]) -> String {
+    xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors model file ({e})")))
+}
+
+/// Reads tensor `name` as f32 with exactly `shape`, with a clear error otherwise.
+fn tensor_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let view = st.tensor(name).map_err(|_| {
+        Error::file(
+            path,
+            format!("has no tensor '{name}' (expected shape {shape:?})"),
+        )
+    })?;
+    if view.dtype() != Dtype::F32 {
+        return Err(Error::file(
+            path,
+            format!("tensor '{name}' is {:?}, expected F32", view.dtype()),
+        ));
+    }
+    if view.shape() != shape {
+        return Err(Error::file(
+            path,
+            format!(
+                "tensor '{name}' has shape {:?}, but the model needs {shape:?}",
+                view.shape()
+            ),
+        ));
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(pos) = values.iter().position(|x| !x.is_finite()) {
+        return Err(Error::file(
+            path,
+            format!("tensor '{name}' holds a non-finite value at element {pos}"),
+        ));
+    }
+    Ok(values)
+}
+
+/// Reads the weights of a model shaped like `spec` (for `--init`): every tensor named and shaped as the model
+/// needs, no more layers than it has, and no decoder kernel (a file with one was not tied).
+pub fn load_weights(path: &Path, spec: &ModelSpec) -> Result<Vec<f32>> {
+    let bytes = read_file(path)?;
+    let st = parse(path, &bytes)?;
+    weights_from(path, &st, spec)
+}
+
+fn weights_from(path: &Path, st: &SafeTensors<'_>, spec: &ModelSpec) -> Result<Vec<f32>> {
+    for name in st.names() {
+        if name.starts_with("decoder.") && name.ends_with(".kernel") {
+            return Err(Error::file(
+                path,
+                format!("has a tensor '{name}': a tied model has no decoder kernel (the decoder uses encoder.i.kernel transposed)"),
+            ));
+        }
+    }
+    let depth = spec.depth();
+    let file_depth = (0..)
+        .take_while(|i| st.tensor(&format!("encoder.{i}.kernel")).is_ok())
+        .count();
+    if file_depth != depth {
+        return Err(Error::file(
+            path,
+            format!(
+                "has {file_depth} tied layer(s), but the model has {depth} (widths {})",
+                join(&spec.widths)
+            ),
+        ));
+    }
+    let mut params = vec![0.0f32; spec.param_count()];
+    for (i, (slots, w)) in spec.slots().iter().zip(spec.widths.windows(2)).enumerate() {
+        params[slots.kernel.clone()]
+            .copy_from_slice(&tensor_f32(path, st, &format!("encoder.{i}.kernel"), &[w[0], w[1]])?);
+        params[slots.enc_bias.clone()]
+            .copy_from_slice(&tensor_f32(path, st, &format!("encoder.{i}.bias"), &[w[1]])?);
+        params[slots.dec_bias.clone()]
+            .copy_from_slice(&tensor_f32(path, st, &format!("decoder.{i}.bias"), &[w[0]])?);
+    }
+    Ok(params)
+}
+
+/// The widths a file's kernels describe, d_0 … d_L, read from the tensor shapes alone.
+pub fn widths_in(path: &Path) -> Result<Vec<usize>> {
+    let bytes = read_file(path)?;
+    let st = parse(path, &bytes)?;
+    let mut widths = Vec::new();
+    for i in 0.. {
+        let Ok(view) = st.tensor(&format!("encoder.{i}.kernel")) else {
+            break;
+        };
+        let shape = view.shape();
+        if shape.len() != 2 || (i > 0 && widths.last() != Some(&shape[0])) {
+            return Err(Error::file(
+                path,
+                format!("tensor 'encoder.{i}.kernel' has shape {shape:?}, which does not chain with the layer before"),
+            ));
+        }
+        if i == 0 {
+            widths.push(shape[0]);
+        }
+        widths.push(shape[1]);
+    }
+    if widths.is_empty() {
+        return Err(Error::file(path, "has no tensor 'encoder.0.kernel'"));
+    }
+    Ok(widths)
+}
+
+/// Reads a model file written by `save_model`.
+pub fn load_model(path: &Path) -> Result<ModelFile> {
+    let bytes = read_file(path)?;
+    let st = parse(path, &bytes)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors model file ({e})")))?;
+    let empty = HashMap::new();
+    let meta = header.metadata().as_ref().unwrap_or(&empty);
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(Error::file(
+            path,
+            "is a safetensors file but not a tiedae model (no 'format: tiedae' metadata); weights alone can be used with train --init",
+        ));
+    }
+    let get = |key: &str| -> Result<&String> {
+        meta.get(key)
+            .ok_or_else(|| Error::file(path, format!("model metadata lacks '{key}'")))
+    };
+    let version = get("format_version")?;
+    if version != FORMAT_VERSION {
+        return Err(Error::file(
+            path,
+            format!("model format version {version} is not supported (this tiedae reads {FORMAT_VERSION})"),
+        ));
+    }
+    let bad = |key: &str, e: String| Error::file(path, format!("model metadata '{key}': {e}"));
+    let widths = get("widths")?
+        .split(',')
+        .map(|s| s.trim().parse::<usize>().map_err(|e| bad("widths", e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    let act = |key: &str| -> Result<Activation> { get(key)?.parse().map_err(|e| bad(key, e)) };
+    let spec = ModelSpec::new(
+        widths,
+        act("activation")?,
+        act("code_activation")?,
+        act("output_activation")?,
+    )
+    .map_err(|e| bad("widths", e.to_string()))?;
+    let params = weights_from(path, &st, &spec)?;
+    let d0 = spec.input_width();
+    let kind: NormalizeKind = get("normalize")?.parse().map_err(|e| bad("normalize", e))?;
+    let normalization = Normalization {
+        kind,
+        shift: tensor_f32(path, &st, "normalization.shift", &[d0])?,
+        scale: tensor_f32(path, &st, "normalization.scale", &[d0])?,
+    };
+    let feature_names: Vec<String> = serde_json::from_str(get("feature_names")?)
+        .map_err(|e| bad("feature_names", e.to_string()))?;
+    if feature_names.len() != d0 {
+        return Err(bad(
+            "feature_names",
+            format!("{} names for {d0} inputs", feature_names.len()),
+        ));
+    }
+    let ignore: Vec<String> = serde_json::from_str(get("ignore_columns")?)
+        .map_err(|e| bad("ignore_columns", e.to_string()))?;
+    let training = match meta.get("training") {
+        Some(s) => serde_json::from_str(s).map_err(|e| bad("training", e.to_string()))?,
+        None => BTreeMap::new(),
+    };
+    Ok(ModelFile {
+        spec,
+        params,
+        normalization,
+        feature_names,
+        ignore: ignore.iter().map(|s| ColumnSelector::parse(s)).collect(),
+        training,
+    })
+}

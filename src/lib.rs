@@ -1,0 +1,22 @@
+//! tiedae: tied-weight autoencoders done right.
+//!
+//! ONE kernel `W` (in × out, Keras orientation) per layer is used twice: the encoder computes `x·W + b`, the
+//! decoder `h·Wᵀ + c` with its own bias `c`, and the gradient of `W` is the sum of both uses. `Wᵀ` is never
+//! materialized: the GEMM reads `W` with swapped strides (CPU) or a transpose flag (CUDA).
+//!
+//! Where to look:
+//! - `train.rs`: the training step and the epoch loop, written once for every backend.
+//! - `backend/mod.rs`: the ops a step needs; `backend/cpu.rs` is the reference twin of every CUDA kernel in
+//!   `kernels/*.cu`, launched from `backend/cuda.rs`.
+//! - `model.rs`: widths, activations and where each parameter lives in the flat parameter buffer.
+
+pub mod activation;
+pub mod backend;
+pub mod data;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod optim;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,526 @@
+//! The training step and the epoch loop, written once over [`Backend`].
+//!
+//! Notation (batch of B rows, L tied layers, widths d_0 … d_L):
+//!   encoder  h_0 = x,  h_{i+1} = f_enc_i(h_i·W_i + b_i)              h_i is (B, d_i)
+//!   decoder  g_L = h_L, g_i    = f_dec_i(g_{i+1}·W_iᵀ + c_i)          g_i is (B, d_i)
+//!   loss     mean over all B·d_0 elements of (g_0 − x)²
+//! Backward, decoder first (it writes dW_i with β = 0), then the encoder (it ADDS its part with β = 1):
+//!   decoder i:  dW_i  = dz_dec_iᵀ·g_{i+1}      db: dc_i = colsum(dz_dec_i)     dg_{i+1} = dz_dec_i·W_i
+//!   encoder i:  dW_i += h_iᵀ·dz_enc_i          db_i = colsum(dz_enc_i)         dh_i     = dz_enc_i·W_iᵀ
+//! so the one gradient slot of W_i holds the sum of what both of its uses contribute.
+
+use crate::activation::Activation;
+use crate::backend::{Backend, BufId, Gemm, IdxId, IdxRegion, Real, Region, Trans};
+use crate::error::{Error, Result};
+use crate::model::{LayerSlots, ModelSpec};
+use crate::optim::Optimizer;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub optimizer: Optimizer,
+    /// Reshuffle the rows every epoch (seeded); otherwise batches follow file order.
+    pub shuffle: bool,
+    pub seed: u64,
+}
+
+/// What one epoch did, reported to the caller once per epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean squared error over every element seen in the epoch (Keras's reported epoch loss).
+    pub loss: f64,
+    pub seconds: f64,
+    pub samples: usize,
+}
+
+/// A data set living on the backend: uploaded once, then read by index.
+struct DeviceData {
+    values: Region,
+    rows: usize,
+    order: IdxId,
+    /// One slot per step of an epoch, read back once per epoch.
+    step_losses: Region,
+}
+
+/// Everything a model needs on a backend: parameters, gradients, optimizer state and the activations of one
+/// batch of at most `max_batch` rows.
+pub struct Network<B: Backend> {
+    pub backend: B,
+    spec: ModelSpec,
+    slots: Vec<LayerSlots>,
+    max_batch: usize,
+    params: Region,
+    grads: Region,
+    optimizer: Option<Optimizer>,
+    /// Velocity (SGD) or m and v (Adam), each shaped like `params`.
+    opt_state: Vec<Region>,
+    /// Adam's step count t, 1-based after the first step.
+    steps_done: u64,
+    /// (max_batch, d_0): the batch x = h_0, gathered from the data set.
+    input: Region,
+    /// enc_out[i] is h_{i+1}, (max_batch, d_{i+1}).
+    enc_out: Vec<Region>,
+    /// dec_out[i] is g_i, (max_batch, d_i), for i < L (g_L is h_L).
+    dec_out: Vec<Region>,
+    /// enc_delta[i]: gradient at encoder layer i's pre-activation, (max_batch, d_{i+1}).
+    enc_delta: Vec<Region>,
+    /// dec_delta[i]: gradient at decoder layer i's pre-activation, (max_batch, d_i).
+    dec_delta: Vec<Region>,
+    data: Option<DeviceData>,
+}
+
+fn alloc<B: Backend>(backend: &mut B, len: usize) -> Result<Region> {
+    Ok(Region::whole(backend.alloc(len)?, len))
+}
+
+impl<B: Backend> Network<B> {
+    /// Puts a model on `backend`. `params` is the flat parameter vector (see `model.rs`); `optimizer` is
+    /// `None` for inference only (no gradient or optimizer buffers are allocated then).
+    pub fn new(
+        mut backend: B,
+        spec: &ModelSpec,
+        params: &[f32],
+        max_batch: usize,
+        optimizer: Option<Optimizer>,
+    ) -> Result<Self> {
+        assert_eq!(params.len(), spec.param_count(), "parameter vector size");
+        let max_batch = max_batch.max(1);
+        let p = spec.param_count();
+        let params_region = alloc(&mut backend, p)?;
+        let host: Vec<B::Scalar> = params.iter().map(|&x| B::Scalar::from_f32(x)).collect();
+        backend.upload(params_region, &host)?;
+        let (grads, opt_state) = match optimizer {
+            Some(opt) => {
+                let grads = alloc(&mut backend, p)?;
+                let state = (0..opt.state_buffers())
+                    .map(|_| alloc(&mut backend, p))
+                    .collect::<Result<Vec<_>>>()?;
+                (grads, state)
+            }
+            None => (Region::whole(BufId(usize::MAX), 0), Vec::new()),
+        };
+        let depth = spec.depth();
+        let w = &spec.widths;
+        let input = alloc(&mut backend, max_batch * w[0])?;
+        let mut enc_out = Vec::with_capacity(depth);
+        let mut dec_out = Vec::with_capacity(depth);
+        for i in 0..depth {
+            enc_out.push(alloc(&mut backend, max_batch * w[i + 1])?);
+            dec_out.push(alloc(&mut backend, max_batch * w[i])?);
+        }
+        let (mut enc_delta, mut dec_delta) = (Vec::new(), Vec::new());
+        if optimizer.is_some() {
+            for i in 0..depth {
+                enc_delta.push(alloc(&mut backend, max_batch * w[i + 1])?);
+                dec_delta.push(alloc(&mut backend, max_batch * w[i])?);
+            }
+        }
+        Ok(Network {
+            backend,
+            spec: spec.clone(),
+            slots: spec.slots(),
+            max_batch,
+            params: params_region,
+            grads,
+            optimizer,
+            opt_state,
+            steps_done: 0,
+            input,
+            enc_out,
+            dec_out,
+            enc_delta,
+            dec_delta,
+            data: None,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Uploads a data set, (rows, d_0) row-major, once. Replaces any earlier one (its memory is not reused).
+    pub fn set_data(&mut self, values: &[f32], rows: usize) -> Result<()> {
+        let cols = self.spec.input_width();
+        assert_eq!(values.len(), rows * cols, "data size");
+        let region = alloc(&mut self.backend, values.len())?;
+        let host: Vec<B::Scalar> = values.iter().map(|&x| B::Scalar::from_f32(x)).collect();
+        self.backend.upload(region, &host)?;
+        let order = self.backend.alloc_indices(rows)?;
+        let identity: Vec<u32> = (0..rows as u32).collect();
+        self.backend.upload_indices(order, 0, &identity)?;
+        let steps = rows.div_ceil(self.max_batch).max(1);
+        let step_losses = alloc(&mut self.backend, steps)?;
+        self.data = Some(DeviceData {
+            values: region,
+            rows,
+            order,
+            step_losses,
+        });
+        Ok(())
+    }
+
+    fn data(&self) -> &DeviceData {
+        self.data.as_ref().expect("set_data must come first")
+    }
+
+    fn kernel(&self, i: usize) -> Region {
+        let s = &self.slots[i].kernel;
+        self.params.sub(s.start, s.len())
+    }
+    fn enc_bias(&self, i: usize) -> Region {
+        let s = &self.slots[i].enc_bias;
+        self.params.sub(s.start, s.len())
+    }
+    fn dec_bias(&self, i: usize) -> Region {
+        let s = &self.slots[i].dec_bias;
+        self.params.sub(s.start, s.len())
+    }
+
+    /// Forward pass of rows `order[start .. start + n]` of the data set: fills `input`, `enc_out`, `dec_out`.
+    fn forward(&mut self, start: usize, n: usize) -> Result<()> {
+        let (values, order) = {
+            let d = self.data();
+            (d.values, d.order)
+        };
+        let w = self.spec.widths.clone();
+        let depth = self.spec.depth();
+        let idx = IdxRegion {
+            buf: order,
+            offset: start,
+            len: n,
+        };
+        let x = self.input.prefix(n * w[0]);
+        self.backend.gather_rows(values, w[0], idx, x)?;
+        // Encoder: h_{i+1} = f(h_i·W_i + b_i). h_i is (n, d_i), W_i is (d_i, d_{i+1}).
+        for i in 0..depth {
+            let h_in = if i == 0 {
+                x
+            } else {
+                self.enc_out[i - 1].prefix(n * w[i])
+            };
+            let h_out = self.enc_out[i].prefix(n * w[i + 1]);
+            let g = Gemm {
+                trans_a: Trans::N,
+                trans_b: Trans::N,
+                m: n,
+                n: w[i + 1],
+                k: w[i],
+                alpha: 1.0,
+                beta: 0.0,
+            };
+            self.backend.gemm(g, h_in, self.kernel(i), h_out)?;
+            let act = self.spec.encoder_activation(i);
+            self.backend
+                .bias_act(h_out, w[i + 1], self.enc_bias(i), act)?;
+        }
+        // Decoder: g_i = f(g_{i+1}·W_iᵀ + c_i). The SAME kernel buffer, read transposed.
+        for i in (0..depth).rev() {
+            let g_in = self.decoder_input(i, n);
+            let g_out = self.dec_out[i].prefix(n * w[i]);
+            let g = Gemm {
+                trans_a: Trans::N,
+                trans_b: Trans::T,
+                m: n,
+                n: w[i],
+                k: w[i + 1],
+                alpha: 1.0,
+                beta: 0.0,
+            };
+            self.backend.gemm(g, g_in, self.kernel(i), g_out)?;
+            let act = self.spec.decoder_activation(i);
+            self.backend.bias_act(g_out, w[i], self.dec_bias(i), act)?;
+        }
+        Ok(())
+    }
+
+    /// g_{i+1}, the input of decoder layer i: the code h_L for the innermost layer.
+    fn decoder_input(&self, i: usize, n: usize) -> Region {
+        let w = &self.spec.widths;
+        if i + 1 == self.spec.depth() {
+            self.enc_out[i].prefix(n * w[i + 1])
+        } else {
+            self.dec_out[i + 1].prefix(n * w[i + 1])
+        }
+    }
+
+    /// Backward pass for the batch of `n` rows last run forward; writes the whole gradient buffer and the
+    /// batch's summed squared error into `loss_slot`.
+    fn backward(&mut self, n: usize, loss_slot: Region) -> Result<()> {
+        let w = self.spec.widths.clone();
+        let depth = self.spec.depth();
+        let x = self.input.prefix(n * w[0]);
+        let recon = self.dec_out[0].prefix(n * w[0]);
+        // dL/d(pre-activation of the output layer), with the output activation folded in.
+        let out_delta = self.dec_delta[0].prefix(n * w[0]);
+        let out_act = self.spec.decoder_activation(0);
+        self.backend
+            .mse_backward(recon, x, out_act, n * w[0], out_delta, loss_slot)?;
+        // Decoder, from the output inward. dz is (n, d_i), g_{i+1} is (n, d_{i+1}), W_i is (d_i, d_{i+1}).
+        for i in 0..depth {
+            let dz = self.dec_delta[i].prefix(n * w[i]);
+            let g_in = self.decoder_input(i, n);
+            let slots = self.slots[i].clone();
+            let dw = self.grads.sub(slots.kernel.start, slots.kernel.len());
+            let dc = self.grads.sub(slots.dec_bias.start, slots.dec_bias.len());
+            // dW_i = dzᵀ·g_{i+1}   (d_i, d_{i+1}); β = 0: the decoder's share comes first.
+            let g = Gemm {
+                trans_a: Trans::T,
+                trans_b: Trans::N,
+                m: w[i],
+                n: w[i + 1],
+                k: n,
+                alpha: 1.0,
+                beta: 0.0,
+            };
+            self.backend.gemm(g, dz, g_in, dw)?;
+            self.backend.col_sum(dz, w[i], dc)?;
+            // dg_{i+1} = dz·W_i   (n, d_{i+1}), then through the activation that produced g_{i+1}.
+            let (d_next, act) = if i + 1 == depth {
+                (
+                    self.enc_delta[depth - 1].prefix(n * w[depth]),
+                    self.spec.encoder_activation(depth - 1),
+                )
+            } else {
+                (
+                    self.dec_delta[i + 1].prefix(n * w[i + 1]),
+                    self.spec.decoder_activation(i + 1),
+                )
+            };
+            let g = Gemm {
+                trans_a: Trans::N,
+                trans_b: Trans::N,
+                m: n,
+                n: w[i + 1],
+                k: w[i],
+                alpha: 1.0,
+                beta: 0.0,
+            };
+            self.backend.gemm(g, dz, self.kernel(i), d_next)?;
+            self.backend.act_backward(d_next, g_in, act)?;
+        }
+        // Encoder, from the code outward. dz is (n, d_{i+1}), h_i is (n, d_i).
+        for i in (0..depth).rev() {
+            let dz = self.enc_delta[i].prefix(n * w[i + 1]);
+            let h_in = if i == 0 {
+                x
+            } else {
+                self.enc_out[i - 1].prefix(n * w[i])
+            };
+            let slots = self.slots[i].clone();
+            let dw = self.grads.sub(slots.kernel.start, slots.kernel.len());
+            let db = self.grads.sub(slots.enc_bias.start, slots.enc_bias.len());
+            // dW_i += h_iᵀ·dz   (d_i, d_{i+1}); β = 1 adds the encoder's share to the decoder's.
+            let g = Gemm {
+                trans_a: Trans::T,
+                trans_b: Trans::N,
+                m: w[i],
+                n: w[i + 1],
+                k: n,
+                alpha: 1.0,
+                beta: 1.0,
+            };
+            self.backend.gemm(g, h_in, dz, dw)?;
+            self.backend.col_sum(dz, w[i + 1], db)?;
+            if i > 0 {
+                // dh_i = dz·W_iᵀ   (n, d_i), then through the activation that produced h_i.
+                let d_prev = self.enc_delta[i - 1].prefix(n * w[i]);
+                let g = Gemm {
+                    trans_a: Trans::N,
+                    trans_b: Trans::T,
+                    m: n,
+                    n: w[i],
+                    k: w[i + 1],
+                    alpha: 1.0,
+                    beta: 0.0,
+                };
+                self.backend.gemm(g, dz, self.kernel(i), d_prev)?;
+                self.backend
+                    .act_backward(d_prev, h_in, self.spec.encoder_activation(i - 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn optimizer_step(&mut self) -> Result<()> {
+        let opt = self.optimizer.expect("training needs an optimizer");
+        self.steps_done += 1;
+        match opt {
+            Optimizer::Sgd { lr, momentum } => {
+                self.backend
+                    .sgd_step(self.params, self.grads, self.opt_state[0], lr, momentum)
+            }
+            Optimizer::Adam { .. } => {
+                let step = opt.adam_step(self.steps_done).expect("adam");
+                self.backend.adam_step(
+                    self.params,
+                    self.grads,
+                    self.opt_state[0],
+                    self.opt_state[1],
+                    step,
+                )
+            }
+        }
+    }
+
+    /// Computes the loss and the full gradient for rows `order[start .. start + n]` without updating
+    /// anything. Returns the mean squared error. Used by gradient checks and tests.
+    pub fn loss_and_gradient(&mut self, start: usize, n: usize) -> Result<f64> {
+        assert!(n <= self.max_batch, "batch larger than max_batch");
+        let slot = self.data().step_losses.prefix(1);
+        self.forward(start, n)?;
+        self.backward(n, slot)?;
+        let mut sum = [B::Scalar::zero()];
+        self.backend.download(slot, &mut sum)?;
+        Ok(sum[0].to_f64() / (n * self.spec.input_width()) as f64)
+    }
+
+    /// One epoch over the rows in `order` (a permutation of the data set's rows), batch by batch with the
+    /// last, smaller batch kept. The order goes up once; the per-step losses come back once.
+    pub fn train_epoch(&mut self, order: &[u32], batch_size: usize) -> Result<f64> {
+        assert!(batch_size <= self.max_batch && batch_size > 0);
+        let (rows, idx, losses) = {
+            let d = self.data();
+            (d.rows, d.order, d.step_losses)
+        };
+        assert_eq!(order.len(), rows);
+        self.backend.upload_indices(idx, 0, order)?;
+        let steps = rows.div_ceil(batch_size);
+        let first_step = self.steps_done;
+        for s in 0..steps {
+            let start = s * batch_size;
+            let n = batch_size.min(rows - start);
+            self.forward(start, n)?;
+            self.backward(n, losses.sub(s, 1))?;
+            self.optimizer_step()?;
+        }
+        let mut step_losses = vec![B::Scalar::zero(); steps];
+        self.backend
+            .download(losses.prefix(steps), &mut step_losses)?;
+        let mut total = 0.0;
+        for (s, l) in step_losses.iter().enumerate() {
+            let l = l.to_f64();
+            if !l.is_finite() {
+                return Err(Error::Diverged(format!(
+                    "the loss became {} at step {} (global step {}); lower --lr or normalize the data (--normalize standard)",
+                    if l.is_nan() { "NaN" } else { "infinite" },
+                    s + 1,
+                    first_step + s as u64 + 1
+                )));
+            }
+            total += l;
+        }
+        Ok(total / (rows * self.spec.input_width()) as f64)
+    }
+
+    /// Runs the model forward over every row in file order and calls `sink(first_row, n, codes, recon)`
+    /// for each batch; also returns the reconstruction MSE over all elements.
+    pub fn evaluate(
+        &mut self,
+        mut sink: impl FnMut(usize, usize, &[B::Scalar], &[B::Scalar]),
+        want_codes: bool,
+        want_recon: bool,
+    ) -> Result<f64> {
+        let (rows, idx) = {
+            let d = self.data();
+            (d.rows, d.order)
+        };
+        let identity: Vec<u32> = (0..rows as u32).collect();
+        self.backend.upload_indices(idx, 0, &identity)?;
+        let d0 = self.spec.input_width();
+        let dl = self.spec.code_width();
+        let depth = self.spec.depth();
+        let mut codes = vec![B::Scalar::zero(); if want_codes { self.max_batch * dl } else { 0 }];
+        let mut recon = vec![B::Scalar::zero(); self.max_batch * d0];
+        let mut input = vec![B::Scalar::zero(); self.max_batch * d0];
+        let mut sum = 0.0f64;
+        let mut start = 0;
+        while start < rows {
+            let n = self.max_batch.min(rows - start);
+            self.forward(start, n)?;
+            // The loss is computed on the host here: evaluation is not the hot path and this keeps
+            // inference free of gradient buffers.
+            self.backend
+                .download(self.dec_out[0].prefix(n * d0), &mut recon[..n * d0])?;
+            self.backend
+                .download(self.input.prefix(n * d0), &mut input[..n * d0])?;
+            for (r, x) in recon[..n * d0].iter().zip(&input[..n * d0]) {
+                let diff = (*r - *x).to_f64();
+                sum += diff * diff;
+            }
+            if want_codes {
+                self.backend
+                    .download(self.enc_out[depth - 1].prefix(n * dl), &mut codes[..n * dl])?;
+            }
+            sink(
+                start,
+                n,
+                if want_codes { &codes[..n * dl] } else { &[] },
+                if want_recon { &recon[..n * d0] } else { &[] },
+            );
+            start += n;
+        }
+        Ok(sum / (rows * d0) as f64)
+    }
+
+    /// The flat parameter vector, as f32 (see `model.rs` for the layout).
+    pub fn read_params(&mut self) -> Result<Vec<f32>> {
+        self.read(self.params)
+    }
+    /// The flat gradient vector of the last step.
+    pub fn read_grads(&mut self) -> Result<Vec<B::Scalar>> {
+        let mut out = vec![B::Scalar::zero(); self.grads.len];
+        self.backend.download(self.grads, &mut out)?;
+        Ok(out)
+    }
+    /// Overwrites the parameters (f64 for gradient checks on an f64 backend).
+    pub fn write_params(&mut self, values: &[B::Scalar]) -> Result<()> {
+        self.backend.upload(self.params, values)
+    }
+
+    fn read(&mut self, r: Region) -> Result<Vec<f32>> {
+        let mut out = vec![B::Scalar::zero(); r.len];
+        self.backend.download(r, &mut out)?;
+        Ok(out.iter().map(|x| x.to_f32()).collect())
+    }
+
+    /// Trains for `cfg.epochs` epochs, calling `on_epoch` after each.
+    pub fn fit(
+        &mut self,
+        cfg: &TrainConfig,
+        mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
+    ) -> Result<Vec<EpochReport>> {
+        let rows = self.data().rows;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut order: Vec<u32> = (0..rows as u32).collect();
+        let mut reports = Vec::with_capacity(cfg.epochs);
+        for epoch in 1..=cfg.epochs {
+            let t0 = std::time::Instant::now();
+            if cfg.shuffle {
+                order.shuffle(&mut rng);
+            }
+            let loss = self.train_epoch(&order, cfg.batch_size).map_err(|e| match e {
+                Error::Diverged(msg) => Error::Diverged(format!("epoch {epoch}: {msg}")),
+                other => other,
+            })?;
+            let report = EpochReport {
+                epoch,
+                loss,
+                seconds: t0.elapsed().as_secs_f64(),
+                samples: rows,
+            };
+            on_epoch(&report)?;
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+}
+
+/// Activation of the output layer as the loss sees it (re-exported for tests).
+pub fn output_activation(spec: &ModelSpec) -> Activation {
+    spec.decoder_activation(0)
+}
