@@ -11,6 +11,7 @@
 //! - `model.rs`: widths, activations and where each parameter lives in the flat parameter buffer.
 
 pub mod activation;
+pub mod app;
 pub mod backend;
 pub mod data;
 pub mod error;
