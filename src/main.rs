@@ -20,6 +20,7 @@ use tiedae::with_backend;
 #[command(
     name = "tiedae",
     version,
+    args_override_self = true,
     about = "Tied-weight autoencoders done right: one kernel W, used as W by the encoder and as Wᵀ by the decoder"
 )]
 struct Cli {

@@ -390,7 +390,6 @@ impl<B: Backend> Network<B> {
         assert_eq!(order.len(), rows);
         self.backend.upload_indices(idx, 0, order)?;
         let steps = rows.div_ceil(batch_size);
-        let first_step = self.steps_done;
         for s in 0..steps {
             let start = s * batch_size;
             let n = batch_size.min(rows - start);
@@ -406,10 +405,9 @@ impl<B: Backend> Network<B> {
             let l = l.to_f64();
             if !l.is_finite() {
                 return Err(Error::Diverged(format!(
-                    "the loss became {} at step {} (global step {}); lower --lr or normalize the data (--normalize standard)",
+                    "the loss became {} at step {} of {steps}",
                     if l.is_nan() { "NaN" } else { "infinite" },
                     s + 1,
-                    first_step + s as u64 + 1
                 )));
             }
             total += l;
@@ -504,7 +502,9 @@ impl<B: Backend> Network<B> {
                 order.shuffle(&mut rng);
             }
             let loss = self.train_epoch(&order, cfg.batch_size).map_err(|e| match e {
-                Error::Diverged(msg) => Error::Diverged(format!("epoch {epoch}: {msg}")),
+                Error::Diverged(msg) => Error::Diverged(format!(
+                    "training diverged in epoch {epoch}: {msg}; lower --lr or normalize the data (--normalize standard)"
+                )),
                 other => other,
             })?;
             let report = EpochReport {
