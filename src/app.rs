@@ -25,7 +25,9 @@ impl std::str::FromStr for DeviceChoice {
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" | "gpu" => Ok(DeviceChoice::Cuda),
             "auto" => Ok(DeviceChoice::Auto),
-            other => Err(format!("unknown device '{other}' (expected cpu, cuda or auto)")),
+            other => Err(format!(
+                "unknown device '{other}' (expected cpu, cuda or auto)"
+            )),
         }
     }
 }
@@ -153,7 +155,11 @@ pub fn evaluate<B: Backend>(
     let batch = EVAL_BATCH.min(data.rows.max(1));
     let mut net = Network::new(backend, &model.spec, &model.params, batch, None)?;
     net.set_data(&data.values, data.rows)?;
-    let mut codes = Vec::with_capacity(if want_codes { data.rows * model.spec.code_width() } else { 0 });
+    let mut codes = Vec::with_capacity(if want_codes {
+        data.rows * model.spec.code_width()
+    } else {
+        0
+    });
     let mut recon = Vec::with_capacity(if want_recon { data.values.len() } else { 0 });
     let mse = net.evaluate(
         |_, _, c, r| {

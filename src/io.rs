@@ -12,7 +12,7 @@
 //! a failed run leaves an existing file exactly as it was.
 
 use crate::activation::Activation;
-use crate::data::{ColumnSelector, NormalizeKind, Normalization};
+use crate::data::{ColumnSelector, Normalization, NormalizeKind};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -120,7 +120,10 @@ pub fn save_model(path: &Path, model: &ModelFile) -> Result<()> {
     meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
     meta.insert("widths".to_string(), join(&spec.widths));
     meta.insert("activation".to_string(), spec.activation.to_string());
-    meta.insert("code_activation".to_string(), spec.code_activation.to_string());
+    meta.insert(
+        "code_activation".to_string(),
+        spec.code_activation.to_string(),
+    );
     meta.insert(
         "output_activation".to_string(),
         spec.output_activation.to_string(),
@@ -144,11 +147,16 @@ pub fn save_model(path: &Path, model: &ModelFile) -> Result<()> {
     );
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::file(path, format!("cannot serialize the model: {e}")))?;
-    write_atomic(path, |w| w.write_all(&bytes).map_err(|e| Error::io(path, e)))
+    write_atomic(path, |w| {
+        w.write_all(&bytes).map_err(|e| Error::io(path, e))
+    })
 }
 
 fn join(xs: &[usize]) -> String {
-    xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    xs.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -229,12 +237,24 @@ fn weights_from(path: &Path, st: &SafeTensors<'_>, spec: &ModelSpec) -> Result<V
     }
     let mut params = vec![0.0f32; spec.param_count()];
     for (i, (slots, w)) in spec.slots().iter().zip(spec.widths.windows(2)).enumerate() {
-        params[slots.kernel.clone()]
-            .copy_from_slice(&tensor_f32(path, st, &format!("encoder.{i}.kernel"), &[w[0], w[1]])?);
-        params[slots.enc_bias.clone()]
-            .copy_from_slice(&tensor_f32(path, st, &format!("encoder.{i}.bias"), &[w[1]])?);
-        params[slots.dec_bias.clone()]
-            .copy_from_slice(&tensor_f32(path, st, &format!("decoder.{i}.bias"), &[w[0]])?);
+        params[slots.kernel.clone()].copy_from_slice(&tensor_f32(
+            path,
+            st,
+            &format!("encoder.{i}.kernel"),
+            &[w[0], w[1]],
+        )?);
+        params[slots.enc_bias.clone()].copy_from_slice(&tensor_f32(
+            path,
+            st,
+            &format!("encoder.{i}.bias"),
+            &[w[1]],
+        )?);
+        params[slots.dec_bias.clone()].copy_from_slice(&tensor_f32(
+            path,
+            st,
+            &format!("decoder.{i}.bias"),
+            &[w[0]],
+        )?);
     }
     Ok(params)
 }
@@ -294,7 +314,11 @@ pub fn load_model(path: &Path) -> Result<ModelFile> {
     let bad = |key: &str, e: String| Error::file(path, format!("model metadata '{key}': {e}"));
     let widths = get("widths")?
         .split(',')
-        .map(|s| s.trim().parse::<usize>().map_err(|e| bad("widths", e.to_string())))
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|e| bad("widths", e.to_string()))
+        })
         .collect::<Result<Vec<_>>>()?;
     let act = |key: &str| -> Result<Activation> { get(key)?.parse().map_err(|e| bad(key, e)) };
     let spec = ModelSpec::new(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tiedae::activation::Activation;
 use tiedae::app::{self, DeviceChoice};
 use tiedae::backend::{cuda, Backend, CpuBackend};
-use tiedae::data::{load_csv, NormalizeKind, Normalization};
+use tiedae::data::{load_csv, Normalization, NormalizeKind};
 use tiedae::error::Error;
 use tiedae::io::{self, ModelFile};
 use tiedae::model::ModelSpec;
@@ -167,7 +167,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn positive(flag: &str, value: i64) -> Result<usize, Error> {
     if value <= 0 {
-        Err(Error::flag(flag, format!("must be a positive integer, got {value}")))
+        Err(Error::flag(
+            flag,
+            format!("must be a positive integer, got {value}"),
+        ))
     } else {
         Ok(value as usize)
     }
@@ -179,8 +182,14 @@ fn parse_layers(s: &str) -> Result<Vec<usize>, Error> {
             let w = w.trim();
             match w.parse::<i64>() {
                 Ok(v) if v > 0 => Ok(v as usize),
-                Ok(v) => Err(Error::flag("--layers", format!("width {v} is not positive; every width must be a positive integer"))),
-                Err(_) => Err(Error::flag("--layers", format!("'{w}' is not a width; expected positive integers like 32,8"))),
+                Ok(v) => Err(Error::flag(
+                    "--layers",
+                    format!("width {v} is not positive; every width must be a positive integer"),
+                )),
+                Err(_) => Err(Error::flag(
+                    "--layers",
+                    format!("'{w}' is not a width; expected positive integers like 32,8"),
+                )),
             }
         })
         .collect()
@@ -193,10 +202,16 @@ fn check_out_path(flag: &str, path: &Path) -> Result<(), Error> {
         _ => Path::new("."),
     };
     if !dir.is_dir() {
-        return Err(Error::flag(flag, format!("folder '{}' does not exist", dir.display())));
+        return Err(Error::flag(
+            flag,
+            format!("folder '{}' does not exist", dir.display()),
+        ));
     }
     if path.is_dir() {
-        return Err(Error::flag(flag, format!("'{}' is a folder", path.display())));
+        return Err(Error::flag(
+            flag,
+            format!("'{}' is a folder", path.display()),
+        ));
     }
     Ok(())
 }
@@ -230,7 +245,11 @@ fn train(a: TrainArgs) -> Result<()> {
     let (trained, reports, device_name) = with_backend!(device, |backend| {
         progress.start(&format!(
             "training {} on {} rows × {} features, {}, {}",
-            spec.widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join("→"),
+            spec.widths
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join("→"),
             data.rows,
             data.cols,
             optimizer.describe(),
@@ -274,8 +293,10 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(epochs);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} epoch {pos}/{len}  {msg}  [{elapsed} < {eta}]")
-                    .expect("valid template"),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} epoch {pos}/{len}  {msg}  [{elapsed} < {eta}]",
+                )
+                .expect("valid template"),
             );
             bar
         });
@@ -314,7 +335,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let model = io::load_model(&a.model)?;
     let data = app::load_for_model(&a.data, &model)?;
     let device = app::resolve_device(a.device)?;
-    let result = with_backend!(device, |backend| app::evaluate(backend, &model, &data, false, false)?);
+    let result = with_backend!(device, |backend| app::evaluate(
+        backend, &model, &data, false, false
+    )?);
     if a.json {
         let obj = serde_json::json!({
             "mse": result.mse,
@@ -339,7 +362,9 @@ fn encode(a: EncodeArgs) -> Result<()> {
     let model = io::load_model(&a.model)?;
     let data = app::load_for_model(&a.data, &model)?;
     let device = app::resolve_device(a.device)?;
-    let result = with_backend!(device, |backend| app::evaluate(backend, &model, &data, true, false)?);
+    let result = with_backend!(device, |backend| app::evaluate(
+        backend, &model, &data, true, false
+    )?);
     let k = model.spec.code_width();
     let n_ignored = data.ignored_names.len();
     io::write_atomic(&a.out, |w| {
@@ -352,12 +377,20 @@ fn encode(a: EncodeArgs) -> Result<()> {
         for r in 0..data.rows {
             record.clear();
             record.extend_from_slice(&data.ignored_values[r * n_ignored..(r + 1) * n_ignored]);
-            record.extend(result.codes[r * k..(r + 1) * k].iter().map(|x| x.to_string()));
+            record.extend(
+                result.codes[r * k..(r + 1) * k]
+                    .iter()
+                    .map(|x| x.to_string()),
+            );
             csv.write_record(&record).map_err(bad)?;
         }
         csv.flush().map_err(|e| Error::io(&a.out, e))
     })?;
-    println!("{} codes of width {k} written to {}", data.rows, a.out.display());
+    println!(
+        "{} codes of width {k} written to {}",
+        data.rows,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -367,35 +400,56 @@ fn summary(path: &Path) -> Result<()> {
     let depth = spec.depth();
     println!("Model: tied autoencoder ({})", path.display());
     let rule = "─".repeat(86);
+    let row = |cells: [String; 5]| {
+        println!(
+            "{:<26}{:<16}{:<12}{:<10}{}",
+            cells[0], cells[1], cells[2], cells[3], cells[4]
+        )
+    };
     println!("{rule}");
-    println!("{:<26}{:<16}{:<12}{:<10}{}", "Layer (type)", "Output Shape", "Activation", "Param #", "Kernel");
+    row([
+        "Layer (type)",
+        "Output Shape",
+        "Activation",
+        "Param #",
+        "Kernel",
+    ]
+    .map(String::from));
     println!("{rule}");
     for i in 0..depth {
         let (din, dout) = (spec.widths[i], spec.widths[i + 1]);
-        println!(
-            "{:<26}{:<16}{:<12}{:<10}{}",
+        row([
             format!("encoder.{i} (Dense)"),
             format!("(None, {dout})"),
             spec.encoder_activation(i).to_string(),
-            din * dout + dout,
-            format!("encoder.{i}.kernel ({din}×{dout})")
-        );
+            (din * dout + dout).to_string(),
+            format!("encoder.{i}.kernel ({din}×{dout})"),
+        ]);
     }
     for i in (0..depth).rev() {
         let (din, dout) = (spec.widths[i], spec.widths[i + 1]);
-        println!(
-            "{:<26}{:<16}{:<12}{:<10}{}",
+        row([
             format!("decoder.{i} (DenseTied)"),
             format!("(None, {din})"),
             spec.decoder_activation(i).to_string(),
-            din,
-            format!("encoder.{i}.kernel, transposed ({dout}×{din}): tied, not counted again")
-        );
+            din.to_string(),
+            format!("encoder.{i}.kernel, transposed ({dout}×{din}): tied, not counted again"),
+        ]);
     }
     println!("{rule}");
     let kernels: usize = spec.widths.windows(2).map(|w| w[0] * w[1]).sum();
-    println!("Total params: {} ({} in {} tied kernel(s), {} in biases)", spec.param_count(), kernels, depth, spec.param_count() - kernels);
-    println!("Input: {} features, normalization {}", spec.input_width(), model.normalization.kind.as_str());
+    println!(
+        "Total params: {} ({} in {} tied kernel(s), {} in biases)",
+        spec.param_count(),
+        kernels,
+        depth,
+        spec.param_count() - kernels
+    );
+    println!(
+        "Input: {} features, normalization {}",
+        spec.input_width(),
+        model.normalization.kind.as_str()
+    );
     for (k, v) in &model.training {
         println!("  {k}: {v}");
     }
@@ -408,15 +462,26 @@ fn demo(choice: DeviceChoice, seed: u64) -> Result<()> {
     let (rows, cols) = (16, 51);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let values: Vec<f32> = (0..rows * cols).map(|_| rng.random::<f32>()).collect();
-    let spec = ModelSpec::new(vec![cols, 1], Activation::Linear, Activation::Linear, Activation::Linear)?;
+    let spec = ModelSpec::new(
+        vec![cols, 1],
+        Activation::Linear,
+        Activation::Linear,
+        Activation::Linear,
+    )?;
     let params = spec.glorot_init(seed);
     let slots = &spec.slots()[0];
-    let optimizer = Optimizer::Sgd { lr: 0.01, momentum: 0.0 };
+    let optimizer = Optimizer::Sgd {
+        lr: 0.01,
+        momentum: 0.0,
+    };
     let show = |label: &str, p: &[f32]| {
         let w = &p[slots.kernel.clone()];
         // encoder kernel is W (51×1): row 0 is [W[0,0]]. The decoder's kernel is Wᵀ (1×51), read from the same
         // buffer: its [0][0] is W[0,0] as well. There is nothing else to read it from.
-        println!("{label}: encoder kernel[0] = [{:+.8}]   decoder kernel[0][0] = {:+.8}", w[0], w[0]);
+        println!(
+            "{label}: encoder kernel[0] = [{:+.8}]   decoder kernel[0][0] = {:+.8}",
+            w[0], w[0]
+        );
     };
     println!("51 features → 1 linear unit, 16 random samples, SGD lr 0.01, batch 16, one epoch");
     show("before", &params);
@@ -439,7 +504,10 @@ fn demo(choice: DeviceChoice, seed: u64) -> Result<()> {
         "A DenseTied layer that copies transpose(kernel) in build() would still show {:+.8} for the decoder: frozen.",
         before
     );
-    anyhow::ensure!(after != before, "the kernel did not move: training did nothing");
+    anyhow::ensure!(
+        after != before,
+        "the kernel did not move: training did nothing"
+    );
     Ok(())
 }
 
@@ -447,7 +515,11 @@ fn info() -> Result<()> {
     println!("tiedae {}", env!("CARGO_PKG_VERSION"));
     println!(
         "built with GPU kernels: {} (PTX {}, {})",
-        if cuda::is_built_with_kernels() { "yes" } else { "no" },
+        if cuda::is_built_with_kernels() {
+            "yes"
+        } else {
+            "no"
+        },
         cuda::ptx_arch(),
         cuda::nvcc_version()
     );
@@ -471,4 +543,3 @@ fn info() -> Result<()> {
     }
     Ok(())
 }
-

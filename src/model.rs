@@ -107,7 +107,10 @@ impl ModelSpec {
 
     /// Parameters in the model: one kernel per tied layer, two biases.
     pub fn param_count(&self) -> usize {
-        self.widths.windows(2).map(|w| w[0] * w[1] + w[0] + w[1]).sum()
+        self.widths
+            .windows(2)
+            .map(|w| w[0] * w[1] + w[0] + w[1])
+            .sum()
     }
 
     /// Glorot-uniform kernels (Keras's default), zero biases, from a seed.

@@ -36,7 +36,10 @@ struct Output {
 }
 
 fn tiedae(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_tiedae")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tiedae"))
+        .args(args)
+        .output()
+        .unwrap();
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -45,7 +48,10 @@ fn tiedae(args: &[&str]) -> Output {
 }
 
 fn digits() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/digits.csv")
+        .display()
+        .to_string()
 }
 
 /// Runs a command that must fail: exit 1, one line on stderr naming every `needles`, no panic, and the file
@@ -53,27 +59,53 @@ fn digits() -> String {
 fn fails(s: &Scratch, args: &[&str], needles: &[&str]) {
     let out_path = s.path("precious.safetensors");
     std::fs::write(&out_path, b"KEEP ME").unwrap();
-    let args: Vec<&str> = args.iter().map(|a| if *a == "OUT" { out_path.as_str() } else { a }).collect();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "OUT" { out_path.as_str() } else { a })
+        .collect();
     let r = tiedae(&args);
-    assert_eq!(r.code, 1, "args {args:?}: exit {} stderr {}", r.code, r.stderr);
+    assert_eq!(
+        r.code, 1,
+        "args {args:?}: exit {} stderr {}",
+        r.code, r.stderr
+    );
     assert!(!r.stderr.contains("panicked"), "panic: {}", r.stderr);
     let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "args {args:?}: want one line, got {:?}", r.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "args {args:?}: want one line, got {:?}",
+        r.stderr
+    );
     assert!(lines[0].starts_with("error: "), "{}", lines[0]);
     for n in needles {
-        assert!(lines[0].contains(n), "args {args:?}: '{}' lacks '{n}'", lines[0]);
+        assert!(
+            lines[0].contains(n),
+            "args {args:?}: '{}' lacks '{n}'",
+            lines[0]
+        );
     }
-    assert_eq!(std::fs::read(&out_path).unwrap(), b"KEEP ME", "args {args:?}: --out was touched");
+    assert_eq!(
+        std::fs::read(&out_path).unwrap(),
+        b"KEEP ME",
+        "args {args:?}: --out was touched"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(&s.0)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
-    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
 }
 
 fn train_args<'a>(data: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["train", "--data", data, "--out", "OUT", "--layers", "2", "--epochs", "1", "--device", "cpu"];
+    let mut v = vec![
+        "train", "--data", data, "--out", "OUT", "--layers", "2", "--epochs", "1", "--device",
+        "cpu",
+    ];
     v.extend_from_slice(extra);
     v
 }
@@ -82,24 +114,56 @@ fn train_args<'a>(data: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 fn bad_csv_files_name_file_line_and_column() {
     let s = Scratch::new("badcsv");
     let ragged = s.file("ragged.csv", "a,b,c\n1,2,3\n4,5\n6,7,8\n");
-    fails(&s, &train_args(&ragged, &[]), &["ragged.csv", "line 3", "expected 3 fields, found 2"]);
+    fails(
+        &s,
+        &train_args(&ragged, &[]),
+        &["ragged.csv", "line 3", "expected 3 fields, found 2"],
+    );
     let text = s.file("text.csv", "a,b,c\n1,2,3\n4,x5,6\n");
-    fails(&s, &train_args(&text, &[]), &["text.csv", "line 3", "column 2", "'b'", "x5"]);
+    fails(
+        &s,
+        &train_args(&text, &[]),
+        &["text.csv", "line 3", "column 2", "'b'", "x5"],
+    );
     let nan = s.file("nan.csv", "1,2\n3,NaN\n");
-    fails(&s, &train_args(&nan, &[]), &["nan.csv", "line 2", "column 2", "not a finite number"]);
+    fails(
+        &s,
+        &train_args(&nan, &[]),
+        &["nan.csv", "line 2", "column 2", "not a finite number"],
+    );
     let inf = s.file("inf.csv", "a,b\n1,2\n-inf,4\n");
-    fails(&s, &train_args(&inf, &[]), &["inf.csv", "line 3", "column 1", "not a finite number"]);
+    fails(
+        &s,
+        &train_args(&inf, &[]),
+        &["inf.csv", "line 3", "column 1", "not a finite number"],
+    );
     let empty = s.file("empty.csv", "");
     fails(&s, &train_args(&empty, &[]), &["empty.csv", "empty"]);
     let header = s.file("header.csv", "a,b,c\n");
-    fails(&s, &train_args(&header, &[]), &["header.csv", "no data rows"]);
+    fails(
+        &s,
+        &train_args(&header, &[]),
+        &["header.csv", "no data rows"],
+    );
     let missing = s.path("missing.csv");
     fails(&s, &train_args(&missing, &[]), &["missing.csv"]);
     let ok = s.file("ok.csv", "Id,x,y,label\n1,0.1,0.2,a\n2,0.3,0.4,b\n");
-    fails(&s, &train_args(&ok, &["--ignore-columns", "nope"]), &["--ignore-columns", "nope"]);
-    fails(&s, &train_args(&ok, &["--ignore-columns", "9"]), &["--ignore-columns", "9"]);
+    fails(
+        &s,
+        &train_args(&ok, &["--ignore-columns", "nope"]),
+        &["--ignore-columns", "nope"],
+    );
+    fails(
+        &s,
+        &train_args(&ok, &["--ignore-columns", "9"]),
+        &["--ignore-columns", "9"],
+    );
     // The label is text: without --ignore-columns it is an error at its cell.
-    fails(&s, &train_args(&ok, &["--ignore-columns", "Id"]), &["ok.csv", "line 2", "column 4", "'label'"]);
+    fails(
+        &s,
+        &train_args(&ok, &["--ignore-columns", "Id"]),
+        &["ok.csv", "line 2", "column 4", "'label'"],
+    );
 }
 
 #[test]
@@ -115,19 +179,40 @@ fn bad_flags_name_the_flag() {
         (&["--lr", "0"][..], "--lr"),
         (&["--lr", "-0.1"][..], "--lr"),
         (&["--epochs", "0"][..], "--epochs"),
-        (&["--momentum", "1.5", "--optimizer", "sgd"][..], "--momentum"),
+        (
+            &["--momentum", "1.5", "--optimizer", "sgd"][..],
+            "--momentum",
+        ),
         (&["--optimizer", "rmsprop"][..], "--optimizer"),
     ] {
         fails(&s, &train_args(&data, extra), &[flag]);
     }
     let nowhere = "/nonexistent-dir/m.safetensors";
-    let r = tiedae(&["train", "--data", &data, "--out", nowhere, "--layers", "2", "--device", "cpu"]);
+    let r = tiedae(&[
+        "train", "--data", &data, "--out", nowhere, "--layers", "2", "--device", "cpu",
+    ]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("--out") && r.stderr.contains("does not exist"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--out") && r.stderr.contains("does not exist"),
+        "{}",
+        r.stderr
+    );
     // clap's own errors (unknown activation) exit non-zero too, naming the flag.
-    let r = tiedae(&["train", "--data", &data, "--out", "x", "--activation", "swish"]);
+    let r = tiedae(&[
+        "train",
+        "--data",
+        &data,
+        "--out",
+        "x",
+        "--activation",
+        "swish",
+    ]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("--activation") && !r.stderr.contains("panicked"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--activation") && !r.stderr.contains("panicked"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -135,21 +220,71 @@ fn bad_model_files() {
     let s = Scratch::new("badmodel");
     let data = s.file("d.csv", "1,2,3\n4,5,6\n7,8,9\n");
     let garbage = s.file("garbage.safetensors", "this is not a model");
-    fails(&s, &train_args(&data, &["--init", &garbage]), &["garbage.safetensors", "not a safetensors"]);
-    fails(&s, &["eval", "--model", &garbage, "--data", &data, "--device", "cpu"], &["garbage.safetensors"]);
-    fails(&s, &["encode", "--model", &garbage, "--data", &data, "--out", "OUT", "--device", "cpu"], &["garbage.safetensors"]);
-    fails(&s, &["summary", "--model", &s.path("none.safetensors")], &["none.safetensors"]);
+    fails(
+        &s,
+        &train_args(&data, &["--init", &garbage]),
+        &["garbage.safetensors", "not a safetensors"],
+    );
+    fails(
+        &s,
+        &[
+            "eval", "--model", &garbage, "--data", &data, "--device", "cpu",
+        ],
+        &["garbage.safetensors"],
+    );
+    fails(
+        &s,
+        &[
+            "encode", "--model", &garbage, "--data", &data, "--out", "OUT", "--device", "cpu",
+        ],
+        &["garbage.safetensors"],
+    );
+    fails(
+        &s,
+        &["summary", "--model", &s.path("none.safetensors")],
+        &["none.safetensors"],
+    );
     // A real model of another shape: 3 → 2 does not fit --layers 1, nor a 4-column file.
     let model = s.path("m.safetensors");
-    let r = tiedae(&["train", "--data", &data, "--out", &model, "--layers", "2", "--epochs", "1", "--device", "cpu"]);
+    let r = tiedae(&[
+        "train", "--data", &data, "--out", &model, "--layers", "2", "--epochs", "1", "--device",
+        "cpu",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    fails(&s, &train_args(&data, &["--layers", "1", "--init", &model]), &["m.safetensors", "encoder.0.kernel", "[3, 1]"]);
-    fails(&s, &train_args(&data, &["--layers", "2,1", "--init", &model]), &["m.safetensors", "1 tied layer", "model has 2"]);
+    fails(
+        &s,
+        &train_args(&data, &["--layers", "1", "--init", &model]),
+        &["m.safetensors", "encoder.0.kernel", "[3, 1]"],
+    );
+    fails(
+        &s,
+        &train_args(&data, &["--layers", "2,1", "--init", &model]),
+        &["m.safetensors", "1 tied layer", "model has 2"],
+    );
     let wide = s.file("wide.csv", "1,2,3,4\n5,6,7,8\n");
-    fails(&s, &["eval", "--model", &model, "--data", &wide, "--device", "cpu"], &["wide.csv", "4 feature columns", "takes 3"]);
+    fails(
+        &s,
+        &[
+            "eval", "--model", &model, "--data", &wide, "--device", "cpu",
+        ],
+        &["wide.csv", "4 feature columns", "takes 3"],
+    );
     // Keras weights alone (no metadata) are fine for --init but are not a model for eval.
-    let keras = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras/linear_sgd/init.safetensors");
-    fails(&s, &["eval", "--model", keras.to_str().unwrap(), "--data", &data, "--device", "cpu"], &["not a tiedae model"]);
+    let keras =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras/linear_sgd/init.safetensors");
+    fails(
+        &s,
+        &[
+            "eval",
+            "--model",
+            keras.to_str().unwrap(),
+            "--data",
+            &data,
+            "--device",
+            "cpu",
+        ],
+        &["not a tiedae model"],
+    );
 }
 
 #[test]
@@ -158,7 +293,19 @@ fn divergence_is_an_error_and_keeps_out() {
     let data = s.file("d.csv", "1,200,3\n400,5,6\n7,8,900\n10,11,12\n");
     fails(
         &s,
-        &train_args(&data, &["--optimizer", "sgd", "--lr", "1e6", "--epochs", "5", "--batch-size", "1"]),
+        &train_args(
+            &data,
+            &[
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "1e6",
+                "--epochs",
+                "5",
+                "--batch-size",
+                "1",
+            ],
+        ),
         &["diverged", "epoch 1", "step"],
     );
 }
@@ -166,13 +313,23 @@ fn divergence_is_an_error_and_keeps_out() {
 #[test]
 fn cuda_without_gpu_is_one_clear_line() {
     if tiedae::app::check_cuda(0).is_ok() {
-        eprintln!("SKIPPED cuda_without_gpu_is_one_clear_line: this machine has a usable GPU");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED cuda_without_gpu_is_one_clear_line: this machine has a usable GPU"
+        );
         return;
     }
     let s = Scratch::new("nocuda");
     let data = s.file("d.csv", "1,2,3\n4,5,6\n");
     let t0 = std::time::Instant::now();
-    fails(&s, &["train", "--data", &data, "--out", "OUT", "--layers", "2", "--device", "cuda"], &["--device cpu"]);
+    fails(
+        &s,
+        &[
+            "train", "--data", &data, "--out", "OUT", "--layers", "2", "--device", "cuda",
+        ],
+        &["--device cpu"],
+    );
     assert!(t0.elapsed().as_secs() < 10, "took {:?}", t0.elapsed());
 }
 
@@ -181,19 +338,56 @@ fn train_eval_encode_summary_on_digits() {
     let s = Scratch::new("workflow");
     let model = s.path("digits.safetensors");
     let r = tiedae(&[
-        "train", "--data", &digits(), "--ignore-columns", "digit", "--normalize", "minmax", "--layers", "16,4",
-        "--epochs", "3", "--out", &model, "--device", "cpu",
+        "train",
+        "--data",
+        &digits(),
+        "--ignore-columns",
+        "digit",
+        "--normalize",
+        "minmax",
+        "--layers",
+        "16,4",
+        "--epochs",
+        "3",
+        "--out",
+        &model,
+        "--device",
+        "cpu",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(r.stdout.matches("epoch ").count(), 3, "one plain line per epoch off a terminal:\n{}", r.stdout);
-    let r = tiedae(&["eval", "--model", &model, "--data", &digits(), "--json", "--device", "cpu"]);
+    assert_eq!(
+        r.stdout.matches("epoch ").count(),
+        3,
+        "one plain line per epoch off a terminal:\n{}",
+        r.stdout
+    );
+    let r = tiedae(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &digits(),
+        "--json",
+        "--device",
+        "cpu",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(v["samples"], 1797);
     let mse = v["mse"].as_f64().unwrap();
     assert!(mse.is_finite() && mse > 0.0 && mse < 0.2, "mse {mse}");
     let codes = s.path("codes.csv");
-    let r = tiedae(&["encode", "--model", &model, "--data", &digits(), "--out", &codes, "--device", "cpu"]);
+    let r = tiedae(&[
+        "encode",
+        "--model",
+        &model,
+        "--data",
+        &digits(),
+        "--out",
+        &codes,
+        "--device",
+        "cpu",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let text = std::fs::read_to_string(&codes).unwrap();
     let mut lines = text.lines();
@@ -208,10 +402,32 @@ fn train_eval_encode_summary_on_digits() {
 #[test]
 fn summary_counts_the_tied_kernel_once() {
     let s = Scratch::new("summary");
-    let rows: String = (0..16).map(|r| (0..51).map(|c| ((r * 51 + c) % 7).to_string()).collect::<Vec<_>>().join(",") + "\n").collect();
+    let rows: String = (0..16)
+        .map(|r| {
+            (0..51)
+                .map(|c| ((r * 51 + c) % 7).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+                + "\n"
+        })
+        .collect();
     let data = s.file("seed.csv", &rows);
     let model = s.path("seed.safetensors");
-    let r = tiedae(&["train", "--data", &data, "--out", &model, "--layers", "1", "--activation", "linear", "--epochs", "1", "--device", "cpu"]);
+    let r = tiedae(&[
+        "train",
+        "--data",
+        &data,
+        "--out",
+        &model,
+        "--layers",
+        "1",
+        "--activation",
+        "linear",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = tiedae(&["summary", "--model", &model]);
     assert!(r.stdout.contains("Total params: 103"), "{}", r.stdout);
@@ -223,7 +439,14 @@ fn demo_shows_one_kernel_moving() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let grab = |label: &str| -> (String, String) {
         let line = r.stdout.lines().find(|l| l.starts_with(label)).unwrap();
-        let enc = line.split("= [").nth(1).unwrap().split(']').next().unwrap().to_string();
+        let enc = line
+            .split("= [")
+            .nth(1)
+            .unwrap()
+            .split(']')
+            .next()
+            .unwrap()
+            .to_string();
         let dec = line.rsplit("= ").next().unwrap().trim().to_string();
         (enc, dec)
     };

@@ -16,36 +16,69 @@ fn train_linear(k: usize, floor: f64) {
     let mut data = load_csv(&path, &[ColumnSelector::Name("digit".into())]).unwrap();
     assert_eq!((data.rows, data.cols), (1797, 64));
     data.values.iter_mut().for_each(|x| *x /= 16.0);
-    let spec = ModelSpec::new(vec![64, k], Activation::Linear, Activation::Linear, Activation::Linear).unwrap();
+    let spec = ModelSpec::new(
+        vec![64, k],
+        Activation::Linear,
+        Activation::Linear,
+        Activation::Linear,
+    )
+    .unwrap();
     let mut params = spec.glorot_init(1);
     // A short Adam schedule: 200 epochs at 3e-3, then 300 at 1e-3 to settle.
     for (lr, epochs) in [(3e-3, 200), (1e-3, 300)] {
         let optimizer = Optimizer::from_flags("adam", Some(lr), 0.0).unwrap();
-        let mut net = Network::new(CpuBackend::<f32>::new(), &spec, &params, 32, Some(optimizer)).unwrap();
+        let mut net = Network::new(
+            CpuBackend::<f32>::new(),
+            &spec,
+            &params,
+            32,
+            Some(optimizer),
+        )
+        .unwrap();
         net.set_data(&data.values, data.rows).unwrap();
-        let cfg = TrainConfig { batch_size: 32, epochs, optimizer, shuffle: true, seed: 5 };
+        let cfg = TrainConfig {
+            batch_size: 32,
+            epochs,
+            optimizer,
+            shuffle: true,
+            seed: 5,
+        };
         net.fit(&cfg, |_| Ok(())).unwrap();
         params = net.read_params().unwrap();
     }
     let mut net = Network::new(CpuBackend::<f32>::new(), &spec, &params, 2048, None).unwrap();
     net.set_data(&data.values, data.rows).unwrap();
     let mse = net.evaluate(|_, _, _, _| {}, false, false).unwrap();
-    eprintln!("k={k}: mse {mse:.5} vs PCA floor {floor} ({:+.2}%)", 100.0 * (mse / floor - 1.0));
+    eprintln!(
+        "k={k}: mse {mse:.5} vs PCA floor {floor} ({:+.2}%)",
+        100.0 * (mse / floor - 1.0)
+    );
     // The floor is given to 3 significant digits: allow that rounding on the low side, 1% above.
-    assert!(mse <= floor * 1.01, "k={k}: mse {mse} is more than 1% above the PCA floor {floor}");
-    assert!(mse >= floor * 0.995, "k={k}: mse {mse} is below the PCA floor {floor}: impossible for a linear model");
+    assert!(
+        mse <= floor * 1.01,
+        "k={k}: mse {mse} is more than 1% above the PCA floor {floor}"
+    );
+    assert!(
+        mse >= floor * 0.995,
+        "k={k}: mse {mse} is below the PCA floor {floor}: impossible for a linear model"
+    );
     // At the optimum WᵀW = I: the kernel's columns are orthonormal.
     let w = &params[spec.slots()[0].kernel.clone()];
     let mut worst = 0.0f64;
     for a in 0..k {
         for b in 0..k {
-            let dot: f64 = (0..64).map(|i| w[i * k + a] as f64 * w[i * k + b] as f64).sum();
+            let dot: f64 = (0..64)
+                .map(|i| w[i * k + a] as f64 * w[i * k + b] as f64)
+                .sum();
             let want = if a == b { 1.0 } else { 0.0 };
             worst = worst.max((dot - want).abs());
         }
     }
     eprintln!("k={k}: max |WᵀW − I| = {worst:.4}");
-    assert!(worst < 0.05, "k={k}: kernel columns are not orthonormal (max |WᵀW − I| = {worst})");
+    assert!(
+        worst < 0.05,
+        "k={k}: kernel columns are not orthonormal (max |WᵀW − I| = {worst})"
+    );
 }
 
 #[test]

@@ -17,10 +17,16 @@ fn check(widths: &[usize], hidden: Activation, code: Activation, output: Activat
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let data: Vec<f32> = (0..ROWS * widths[0]).map(|_| rng.random::<f32>()).collect();
     // Non-zero biases so every activation is exercised away from its symmetric point.
-    let params: Vec<f64> = (0..spec.param_count()).map(|_| rng.random_range(-0.8..0.8)).collect();
+    let params: Vec<f64> = (0..spec.param_count())
+        .map(|_| rng.random_range(-0.8..0.8))
+        .collect();
     let params32: Vec<f32> = params.iter().map(|&x| x as f32).collect();
-    let opt = Optimizer::Sgd { lr: 0.1, momentum: 0.0 };
-    let mut net = Network::new(CpuBackend::<f64>::new(), &spec, &params32, ROWS, Some(opt)).unwrap();
+    let opt = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+    };
+    let mut net =
+        Network::new(CpuBackend::<f64>::new(), &spec, &params32, ROWS, Some(opt)).unwrap();
     net.set_data(&data, ROWS).unwrap();
     net.write_params(&params).unwrap();
     net.loss_and_gradient(0, ROWS).unwrap();
@@ -48,8 +54,14 @@ fn check(widths: &[usize], hidden: Activation, code: Activation, output: Activat
         }
     }
     // A gradient of all zeros would pass trivially: make sure it is not.
-    assert!(analytic.iter().any(|g| g.abs() > 1e-4), "gradient is all but zero");
-    eprintln!("widths {widths:?} {hidden}/{code}/{output}: worst |analytic − numeric| {:e}", worst.0);
+    assert!(
+        analytic.iter().any(|g| g.abs() > 1e-4),
+        "gradient is all but zero"
+    );
+    eprintln!(
+        "widths {widths:?} {hidden}/{code}/{output}: worst |analytic − numeric| {:e}",
+        worst.0
+    );
 }
 
 #[test]
@@ -66,8 +78,20 @@ fn every_activation_depth_1() {
 fn every_activation_depth_3() {
     for (s, act) in Activation::ALL.into_iter().enumerate() {
         check(&[7, 5, 4, 2], act, act, act, 30 + s as u64);
-        check(&[7, 5, 4, 2], act, Activation::Linear, Activation::Sigmoid, 40 + s as u64);
-        check(&[7, 5, 4, 2], act, Activation::Tanh, Activation::Linear, 50 + s as u64);
+        check(
+            &[7, 5, 4, 2],
+            act,
+            Activation::Linear,
+            Activation::Sigmoid,
+            40 + s as u64,
+        );
+        check(
+            &[7, 5, 4, 2],
+            act,
+            Activation::Tanh,
+            Activation::Linear,
+            50 + s as u64,
+        );
     }
 }
 
@@ -76,11 +100,22 @@ fn kernel_gradient_is_the_sum_of_both_uses() {
     // With a linear 1-layer model the two contributions have a closed form:
     //   encoder use: xᵀ·(dL/dh) ; decoder use: (dL/dx̂)ᵀ·h.
     // Check that the gradient slot equals their sum and differs from either alone.
-    let spec = ModelSpec::new(vec![4, 2], Activation::Linear, Activation::Linear, Activation::Linear).unwrap();
+    let spec = ModelSpec::new(
+        vec![4, 2],
+        Activation::Linear,
+        Activation::Linear,
+        Activation::Linear,
+    )
+    .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
     let x: Vec<f32> = (0..ROWS * 4).map(|_| rng.random::<f32>()).collect();
-    let params: Vec<f32> = (0..spec.param_count()).map(|_| rng.random_range(-0.5f32..0.5)).collect();
-    let opt = Optimizer::Sgd { lr: 0.1, momentum: 0.0 };
+    let params: Vec<f32> = (0..spec.param_count())
+        .map(|_| rng.random_range(-0.5f32..0.5))
+        .collect();
+    let opt = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+    };
     let mut net = Network::new(CpuBackend::<f64>::new(), &spec, &params, ROWS, Some(opt)).unwrap();
     net.set_data(&x, ROWS).unwrap();
     net.loss_and_gradient(0, ROWS).unwrap();
@@ -94,10 +129,16 @@ fn kernel_gradient_is_the_sum_of_both_uses() {
     let mut dec = [[0.0f64; 2]; 4];
     for r in 0..ROWS {
         let xr: Vec<f64> = (0..4).map(|i| x[r * 4 + i] as f64).collect();
-        let h: Vec<f64> = (0..2).map(|j| (0..4).map(|i| xr[i] * w(i, j)).sum::<f64>() + b(j)).collect();
-        let xhat: Vec<f64> = (0..4).map(|i| (0..2).map(|j| h[j] * w(i, j)).sum::<f64>() + c(i)).collect();
+        let h: Vec<f64> = (0..2)
+            .map(|j| (0..4).map(|i| xr[i] * w(i, j)).sum::<f64>() + b(j))
+            .collect();
+        let xhat: Vec<f64> = (0..4)
+            .map(|i| (0..2).map(|j| h[j] * w(i, j)).sum::<f64>() + c(i))
+            .collect();
         let dxhat: Vec<f64> = (0..4).map(|i| 2.0 * (xhat[i] - xr[i]) / n).collect();
-        let dh: Vec<f64> = (0..2).map(|j| (0..4).map(|i| dxhat[i] * w(i, j)).sum()).collect();
+        let dh: Vec<f64> = (0..2)
+            .map(|j| (0..4).map(|i| dxhat[i] * w(i, j)).sum())
+            .collect();
         for i in 0..4 {
             for j in 0..2 {
                 enc[i][j] += xr[i] * dh[j];
@@ -109,11 +150,17 @@ fn kernel_gradient_is_the_sum_of_both_uses() {
         for j in 0..2 {
             let g = grads[s.kernel.start + i * 2 + j];
             let sum = enc[i][j] + dec[i][j];
-            assert!((g - sum).abs() < 1e-12, "dW[{i}][{j}] = {g}, encoder + decoder = {sum}");
+            assert!(
+                (g - sum).abs() < 1e-12,
+                "dW[{i}][{j}] = {g}, encoder + decoder = {sum}"
+            );
         }
     }
     let differs = |part: &[[f64; 2]; 4]| {
         (0..8).any(|k| (grads[s.kernel.start + k] - part[k / 2][k % 2]).abs() > 1e-6)
     };
-    assert!(differs(&enc) && differs(&dec), "one use alone already explains the gradient");
+    assert!(
+        differs(&enc) && differs(&dec),
+        "one use alone already explains the gradient"
+    );
 }

@@ -98,7 +98,13 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     // data is (rows, cols), out is (idx.len, cols). Twin of `gather_rows` in kernels/data.cu.
-    fn gather_rows(&mut self, data: Region, cols: usize, idx: IdxRegion, out: Region) -> Result<()> {
+    fn gather_rows(
+        &mut self,
+        data: Region,
+        cols: usize,
+        idx: IdxRegion,
+        out: Region,
+    ) -> Result<()> {
         assert_eq!(out.len, idx.len * cols, "gather_rows output size");
         let rows = &self.indices[idx.buf.0][idx.offset..idx.offset + idx.len];
         let mut taken = std::mem::take(&mut self.bufs[out.buf.0]);

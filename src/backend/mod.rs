@@ -228,7 +228,8 @@ pub trait Backend {
     fn fill(&mut self, dst: Region, value: f32) -> Result<()>;
 
     /// out is (idx.len, cols): `out[r] = data[idx[r]]`; data is (rows, cols).
-    fn gather_rows(&mut self, data: Region, cols: usize, idx: IdxRegion, out: Region) -> Result<()>;
+    fn gather_rows(&mut self, data: Region, cols: usize, idx: IdxRegion, out: Region)
+        -> Result<()>;
     /// See [`Gemm`]. a, b, c are the stored matrices.
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()>;
     /// z is (rows, cols), bias is (cols): `z = f(z + bias)` in place.
@@ -249,14 +250,7 @@ pub trait Backend {
     /// m is (rows, cols), out is (cols): `out[j] = Σ_r m[r, j]` (overwritten).
     fn col_sum(&mut self, m: Region, cols: usize, out: Region) -> Result<()>;
     /// Keras SGD over a flat buffer: `v = momentum·v − lr·g; w += v`.
-    fn sgd_step(
-        &mut self,
-        w: Region,
-        g: Region,
-        v: Region,
-        lr: f32,
-        momentum: f32,
-    ) -> Result<()>;
+    fn sgd_step(&mut self, w: Region, g: Region, v: Region, lr: f32, momentum: f32) -> Result<()>;
     /// Keras Adam over a flat buffer; see [`AdamStep`].
     fn adam_step(
         &mut self,

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Checks a gpu-bundle (scripts/gpu-bundle.sh) on a machine with an NVIDIA GPU.
+#
+#   scripts/gpu-check.sh [BUNDLE=gpu-bundle] [LOGDIR=gpu-logs]
+#
+# Run it FROM THE REPO ROOT (a checkout of the commit the bundle was built from): the CLI steps read data/,
+# and the test executables look for their data where the build machine's checkout was (see BUNDLE/MANIFEST).
+# Every step runs, each under `timeout`, each with its own log in LOGDIR; LOGDIR/summary.txt gets one line
+# per step (PASS, FAIL or SKIP, seconds, log). Exits 1 when any step failed. Takes a few minutes.
+#
+# Steps: nvidia-smi, nvcc --version, tiedae info; every test executable with TIEDAE_REQUIRE_GPU=1 and
+# TIEDAE_REQUIRE_KERNELS=1 (so a missing GPU fails instead of skipping); compute-sanitizer memcheck,
+# racecheck, synccheck and initcheck on a one-epoch training run, memcheck and racecheck on the gpu_kernels
+# tests; a CPU-vs-GPU comparison (same seed) through `tiedae eval --json`.
+set -uo pipefail
+
+bundle="${1:-gpu-bundle}"
+logdir="${2:-gpu-logs}"
+if [ ! -x "$bundle/tiedae" ] || [ ! -d "$bundle/tests" ]; then
+  echo "gpu-check: $bundle is not a bundle (run scripts/gpu-bundle.sh first)" >&2
+  exit 2
+fi
+if [ ! -f data/digits.csv ]; then
+  echo "gpu-check: run me from the repo root (data/digits.csv not found in $PWD)" >&2
+  exit 2
+fi
+bundle="$(cd "$bundle" && pwd)"
+mkdir -p "$logdir"
+logdir="$(cd "$logdir" && pwd)"
+summary="$logdir/summary.txt"
+: >"$summary"
+failures=0
+
+export TIEDAE_REQUIRE_GPU=1
+export TIEDAE_REQUIRE_KERNELS=1
+
+# note NAME STATUS SECONDS DETAIL
+note() {
+  printf '%-4s %-36s %5ss  %s\n' "$2" "$1" "$3" "$4" | tee -a "$summary"
+}
+
+# step NAME TIMEOUT_SECONDS COMMAND...: runs COMMAND with its output in LOGDIR/NAME.log.
+step() {
+  local name="$1" limit="$2"
+  shift 2
+  local log="$logdir/$name.log" start rc status detail
+  start=$(date +%s)
+  {
+    echo "\$ $*"
+    echo
+  } >"$log"
+  timeout --kill-after=15 "$limit" "$@" >>"$log" 2>&1
+  rc=$?
+  if [ "$rc" -eq 0 ]; then
+    status=PASS
+    detail="$log"
+  else
+    status=FAIL
+    failures=$((failures + 1))
+    case "$rc" in
+      124 | 137) detail="timed out after ${limit}s; $log" ;;
+      *) detail="exit $rc; $log" ;;
+    esac
+  fi
+  note "$name" "$status" "$(($(date +%s) - start))" "$detail"
+  return "$rc"
+}
+
+skip() {
+  note "$1" SKIP 0 "$2"
+}
+
+echo "gpu-check: bundle $bundle, logs $logdir, repo $PWD" | tee -a "$summary"
+[ -f "$bundle/MANIFEST" ] && sed 's/^/  /' "$bundle/MANIFEST" | head -n 4 | tee -a "$summary"
+
+# The test executables read data through paths fixed at build time (CARGO_MANIFEST_DIR). When this checkout is
+# elsewhere, point that path here if it is free (best effort; the tests that need it fail otherwise).
+built_root="$(sed -n 's/^manifest_dir //p' "$bundle/MANIFEST" 2>/dev/null)"
+if [ -n "$built_root" ] && [ "$built_root" != "$PWD" ] && [ ! -e "$built_root" ]; then
+  if mkdir -p "$(dirname "$built_root")" 2>/dev/null && ln -s "$PWD" "$built_root" 2>/dev/null; then
+    echo "gpu-check: linked $built_root -> $PWD (the build's CARGO_MANIFEST_DIR)" | tee -a "$summary"
+  else
+    echo "gpu-check: could not link $built_root -> $PWD; tests that read files may fail" | tee -a "$summary"
+  fi
+fi
+
+# --- the machine ---------------------------------------------------------------------------------------------
+if command -v nvidia-smi >/dev/null 2>&1; then
+  step nvidia-smi 60 nvidia-smi
+else
+  note nvidia-smi FAIL 0 "nvidia-smi not found: no NVIDIA driver?"
+  failures=$((failures + 1))
+fi
+if command -v nvcc >/dev/null 2>&1; then
+  step nvcc-version 30 nvcc --version
+else
+  skip nvcc-version "no nvcc here (not needed: the kernels are embedded as PTX)"
+fi
+step info 60 "$bundle/tiedae" info
+
+# --- the test executables ------------------------------------------------------------------------------------
+ptx_skip=()
+if ! command -v ptxas >/dev/null 2>&1; then
+  ptx_skip=(--skip ptx_assembles_for_sm61_and_sm90)
+  skip ptx_assembles_for_sm61_and_sm90 "no ptxas here (the build machine runs it)"
+fi
+for exe in "$bundle"/tests/*; do
+  [ -f "$exe" ] && [ -x "$exe" ] || continue
+  name="$(basename "$exe")"
+  step "test-$name" 300 "$exe" --test-threads=1 --nocapture ${ptx_skip[@]+"${ptx_skip[@]}"}
+done
+
+# --- compute-sanitizer ---------------------------------------------------------------------------------------
+train_args=(train --data data/digits.csv --ignore-columns digit --layers 32,8 --epochs 1 --device cuda)
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  for tool in memcheck racecheck synccheck initcheck; do
+    step "sanitizer-$tool-train" 300 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+      "$bundle/tiedae" "${train_args[@]}" --out "$logdir/sanitizer-$tool.safetensors"
+  done
+  if [ -x "$bundle/tests/gpu_kernels" ]; then
+    for tool in memcheck racecheck; do
+      step "sanitizer-$tool-gpu_kernels" 420 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+        "$bundle/tests/gpu_kernels" --test-threads=1 --skip ptx_assembles_for_sm61_and_sm90
+    done
+  else
+    note sanitizer-gpu_kernels FAIL 0 "no gpu_kernels test executable in $bundle/tests"
+    failures=$((failures + 1))
+  fi
+else
+  note compute-sanitizer FAIL 0 "compute-sanitizer not found (it comes with the CUDA toolkit)"
+  failures=$((failures + 1))
+fi
+
+# --- CPU vs GPU ----------------------------------------------------------------------------------------------
+compare_args=(train --data data/digits.csv --ignore-columns digit --layers 32,8 --epochs 3 --seed 7)
+step train-cpu 300 "$bundle/tiedae" "${compare_args[@]}" --device cpu --out "$logdir/m-cpu.safetensors"
+step train-cuda 300 "$bundle/tiedae" "${compare_args[@]}" --device cuda --out "$logdir/m-cuda.safetensors"
+step eval-cpu-model-on-cpu 120 "$bundle/tiedae" eval --json --model "$logdir/m-cpu.safetensors" \
+  --data data/digits.csv --device cpu
+step eval-cuda-model-on-cuda 120 "$bundle/tiedae" eval --json --model "$logdir/m-cuda.safetensors" \
+  --data data/digits.csv --device cuda
+step eval-cuda-model-on-cpu 120 "$bundle/tiedae" eval --json --model "$logdir/m-cuda.safetensors" \
+  --data data/digits.csv --device cpu
+
+# The "mse" of an eval log's JSON line.
+mse_of() {
+  grep -o '"mse":[^,}]*' "$logdir/$1.log" 2>/dev/null | tail -n 1 | cut -d: -f2
+}
+# compare NAME A B RTOL: |a - b| <= rtol·max(|a|, |b|)
+compare() {
+  local name="$1" a="$2" b="$3" rtol="$4"
+  if [ -z "$a" ] || [ -z "$b" ]; then
+    note "$name" FAIL 0 "no mse to compare (see the eval logs)"
+    failures=$((failures + 1))
+    return
+  fi
+  if awk -v a="$a" -v b="$b" -v r="$rtol" 'BEGIN {
+        d = a - b; if (d < 0) d = -d; m = (a < 0 ? -a : a); mb = (b < 0 ? -b : b); if (mb > m) m = mb;
+        exit !(d <= r * m) }'; then
+    note "$name" PASS 0 "mse $a vs $b (rtol $rtol)"
+  else
+    note "$name" FAIL 0 "mse $a vs $b differ by more than rtol $rtol"
+    failures=$((failures + 1))
+  fi
+}
+# The same trained model evaluated by both backends: only forward-pass rounding differs.
+compare "compare-forward-cpu-vs-cuda" "$(mse_of eval-cuda-model-on-cuda)" "$(mse_of eval-cuda-model-on-cpu)" 1e-4
+# Training with the same seed on both: float rounding drifts a little over 3 epochs, no more.
+compare "compare-training-cpu-vs-cuda" "$(mse_of eval-cpu-model-on-cpu)" "$(mse_of eval-cuda-model-on-cuda)" 1e-2
+
+echo | tee -a "$summary"
+if [ "$failures" -eq 0 ]; then
+  echo "gpu-check: every step passed" | tee -a "$summary"
+  exit 0
+fi
+echo "gpu-check: $failures step(s) FAILED (see $summary)" | tee -a "$summary"
+exit 1

@@ -1,0 +1,850 @@
+//! The CUDA backend: our kernels in `kernels/*.cu`, compiled to PTX by `build.rs`, loaded once per backend and
+//! launched through cudarc. Every op has its CPU twin in `cpu.rs` with the same name and the same layouts.
+//!
+//! - One context, one stream: every op is queued on `stream` and returns at once; `download` and
+//!   `synchronize` wait. Kernel faults surface at the next wait.
+//! - Buffers are `CudaSlice<f32>` / `CudaSlice<u32>` owned by the backend and freed when it is dropped.
+//! - A region is passed to a kernel as the raw device address of its first element (`ptr`). See `ptr` for why
+//!   that is sound; the trait's rule that outputs never overlap inputs is asserted at every op.
+//! - Built without kernels (no nvcc at build time) this file still compiles and [`CudaBackend::new`] returns
+//!   one clear error, so callers need no `cfg` (candle's dummy-backend idea).
+//! - Nothing here touches the CUDA driver before [`driver_present`] said the library loads: cudarc panics
+//!   when it is missing. Driver initialization is also wrapped in `catch_unwind`, because cudarc panics when
+//!   a symbol is missing from an old driver.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use cudarc::driver::result::{self as cu, DriverError};
+use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::{AdamStep, Backend, BufId, Gemm, IdxId, IdxRegion, Region, Trans};
+use crate::activation::Activation;
+use crate::error::{Error, Result};
+
+/// The PTX of `kernels/*.cu` as written by `build.rs`: `PTX_ARCH`, `NVCC_VERSION` and `MODULES`.
+mod kernels {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// The error of [`CudaBackend::new`] in a build without kernels.
+pub const NO_KERNELS_MESSAGE: &str = "this tiedae was built without GPU kernels (nvcc was not found at build \
+                                      time); install nvcc (scripts/install-nvcc.sh) and rebuild, or use \
+                                      --device cpu";
+/// The error when the driver library cannot be loaded.
+pub const NO_DRIVER_MESSAGE: &str =
+    "no NVIDIA driver found (libcuda not loadable); use --device cpu";
+
+// Launch shapes; each must match the constant of the same name in kernels/*.cu.
+/// Threads per block of the element-wise kernels (grid-stride loops, so any grid works).
+const THREADS: u32 = 256;
+/// Cap on the grid of the element-wise kernels: 4096·256 threads keep any GPU busy.
+const MAX_BLOCKS: usize = 4096;
+/// `GEMM_THREADS` in gemm.cu: one block computes a GEMM_TILE × GEMM_TILE tile of C.
+const GEMM_THREADS: u32 = 256;
+/// `BM` = `BN` in gemm.cu.
+const GEMM_TILE: usize = 64;
+/// The GEMM's int indices need room for one more tile (see gemm.cu).
+const GEMM_MAX_DIM: usize = i32::MAX as usize - 128;
+/// `MSE_THREADS` in loss.cu.
+const MSE_THREADS: u32 = 256;
+/// `MSE_MAX_BLOCKS` in loss.cu: the size of the partial-sum scratch buffer.
+const MSE_MAX_BLOCKS: usize = 1024;
+/// `COL_SUM_TX`, `COL_SUM_TY` in reduce.cu.
+const COL_SUM_BLOCK: (u32, u32) = (32, 16);
+/// `gridDim.y` limit of every GPU.
+const MAX_GRID_Y: usize = 65535;
+
+/// Whether `build.rs` compiled the kernels into this binary.
+pub fn is_built_with_kernels() -> bool {
+    cfg!(tiedae_cuda_kernels)
+}
+
+/// The virtual architecture of the embedded PTX ("compute_61"), or "none".
+pub fn ptx_arch() -> &'static str {
+    kernels::PTX_ARCH
+}
+
+/// The version line of the nvcc that compiled the kernels, or "none".
+pub fn nvcc_version() -> &'static str {
+    kernels::NVCC_VERSION
+}
+
+/// (module name, PTX text) of every kernel file, sorted by name; empty in a build without kernels.
+pub fn ptx_modules() -> &'static [(&'static str, &'static str)] {
+    kernels::MODULES
+}
+
+/// Whether the CUDA driver library (libcuda) can be loaded. Call this before anything else of this module
+/// touches the driver: cudarc panics when the library is missing.
+pub fn driver_present() -> bool {
+    // SAFETY: is_culib_present only tries to dlopen the library by its usual names; it calls nothing in it.
+    catch_unwind(|| unsafe { sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// One line for a driver error: "CUDA_ERROR_NO_DEVICE (no CUDA-capable device is detected)".
+fn describe(e: DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("CUDA error {}", e.0 as u32));
+    match e.error_string() {
+        Ok(s) => format!("{name} ({})", s.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+fn device_error(what: &str, e: DriverError) -> Error {
+    let hint = match e.0 {
+        CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => {
+            "; the NVIDIA driver is older than the nvcc that built the kernels: update the driver or rebuild \
+             with an older nvcc"
+        }
+        _ => "",
+    };
+    Error::Device(format!("{what}: {}{hint}", describe(e)))
+}
+
+/// Runs a driver call that may panic inside cudarc (a symbol missing from an old driver) and turns both
+/// failures into one-line errors.
+fn guarded<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, DriverError>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(device_error(what, e)),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(Error::Device(format!(
+                "{what}: the CUDA driver library cannot be used ({}); use --device cpu",
+                msg.lines().next().unwrap_or("")
+            )))
+        }
+    }
+}
+
+/// `cuInit`, with "no device" as `Ok(false)`.
+fn init_driver() -> Result<bool> {
+    if !driver_present() {
+        return Err(Error::Device(NO_DRIVER_MESSAGE.to_string()));
+    }
+    guarded("initializing the CUDA driver", || match cu::init() {
+        Ok(()) => Ok(true),
+        Err(e) if e.0 == CUresult::CUDA_ERROR_NO_DEVICE => Ok(false),
+        Err(e) => Err(e),
+    })
+}
+
+/// The number of CUDA devices (0 when the driver is installed but sees no GPU). Errors when there is no
+/// driver library or the driver fails to initialize.
+pub fn device_count() -> Result<usize> {
+    if !init_driver()? {
+        return Ok(0);
+    }
+    let n = guarded("counting CUDA devices", cu::device::get_count)?;
+    Ok(n.max(0) as usize)
+}
+
+/// What `tiedae info` shows about a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// (major, minor): (6, 1) for a GTX 1080, (9, 0) for an H100.
+    pub compute_capability: (i32, i32),
+    pub total_memory_bytes: usize,
+    /// The CUDA version the driver supports, e.g. "12.2" (`cuDriverGetVersion`).
+    pub driver_version: String,
+}
+
+fn device_info(ordinal: usize) -> Result<DeviceInfo> {
+    let what = format!("querying CUDA device {ordinal}");
+    guarded(&what, || {
+        let dev = cu::device::get(ordinal as i32)?;
+        let name = cu::device::get_name(dev)?;
+        // SAFETY: `dev` is a valid device handle from cuDeviceGet after a successful cuInit.
+        let (major, minor, total) = unsafe {
+            (
+                cu::device::get_attribute(
+                    dev,
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                )?,
+                cu::device::get_attribute(
+                    dev,
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                )?,
+                cu::device::total_mem(dev)?,
+            )
+        };
+        let mut version = 0i32;
+        // SAFETY: cuDriverGetVersion writes one int through a valid pointer.
+        unsafe { sys::cuDriverGetVersion(&mut version) }.result()?;
+        Ok(DeviceInfo {
+            ordinal,
+            name: name.trim().to_string(),
+            compute_capability: (major, minor),
+            total_memory_bytes: total,
+            driver_version: format!("{}.{}", version / 1000, (version % 1000) / 10),
+        })
+    })
+}
+
+/// Every CUDA device the driver sees (empty when it sees none). Errors when there is no driver.
+pub fn list_devices() -> Result<Vec<DeviceInfo>> {
+    (0..device_count()?).map(device_info).collect()
+}
+
+/// Adam's per-step values as the kernel receives them: the layout of `struct AdamConfig` in optim.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct AdamConfig {
+    alpha: f32,
+    beta1: f32,
+    beta2: f32,
+    epsilon: f32,
+}
+
+// SAFETY: four f32 in C layout, the same size (16), alignment (4) and field order as `AdamConfig` in optim.cu.
+unsafe impl DeviceRepr for AdamConfig {}
+
+/// Every kernel entry point, looked up once.
+struct Kernels {
+    gemm: CudaFunction,
+    bias_act: CudaFunction,
+    act_backward: CudaFunction,
+    fill: CudaFunction,
+    mse_backward: CudaFunction,
+    mse_finalize: CudaFunction,
+    col_sum: CudaFunction,
+    sgd_step: CudaFunction,
+    adam_step: CudaFunction,
+    gather_rows: CudaFunction,
+}
+
+impl Kernels {
+    fn load(modules: &HashMap<&str, Arc<CudaModule>>) -> Result<Kernels> {
+        let get = |module: &str, entry: &str| -> Result<CudaFunction> {
+            let m = modules.get(module).ok_or_else(|| {
+                Error::Device(format!(
+                    "the kernel module '{module}' is missing from this build (kernels/{module}.cu)"
+                ))
+            })?;
+            guarded(
+                &format!("loading kernel '{entry}' of module '{module}'"),
+                || m.load_function(entry),
+            )
+        };
+        Ok(Kernels {
+            gemm: get("gemm", "gemm")?,
+            bias_act: get("elementwise", "bias_act")?,
+            act_backward: get("elementwise", "act_backward")?,
+            fill: get("elementwise", "fill")?,
+            mse_backward: get("loss", "mse_backward")?,
+            mse_finalize: get("loss", "mse_finalize")?,
+            col_sum: get("reduce", "col_sum")?,
+            sgd_step: get("optim", "sgd_step")?,
+            adam_step: get("optim", "adam_step")?,
+            gather_rows: get("data", "gather_rows")?,
+        })
+    }
+}
+
+/// A grid-stride launch over `n` elements: 256 threads a block, at most [`MAX_BLOCKS`] blocks.
+fn grid_1d(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Panics when `out` and `input` share an element: the trait forbids it, and a kernel would silently read
+/// values it has already overwritten.
+fn assert_disjoint(op: &str, out: Region, input: Region) {
+    let overlap = out.buf == input.buf
+        && out.len > 0
+        && input.len > 0
+        && out.offset < input.offset + input.len
+        && input.offset < out.offset + out.len;
+    assert!(!overlap, "{op}: output {out:?} overlaps {input:?}");
+}
+
+/// The CUDA backend of one GPU. See the module documentation.
+pub struct CudaBackend {
+    info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    bufs: Vec<CudaSlice<f32>>,
+    indices: Vec<CudaSlice<u32>>,
+    /// Device bytes this backend holds: the MSE scratch, then everything asked for through `alloc` and
+    /// `alloc_indices` (len·size_of, as the CPU backend counts them).
+    bytes: usize,
+    /// MSE_MAX_BLOCKS per-block partial sums of `mse_backward` (a fixed cost of the backend).
+    mse_partials: CudaSlice<f64>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.info)
+            .field("buffers", &self.bufs.len())
+            .field("index_buffers", &self.indices.len())
+            .field("allocated_bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl CudaBackend {
+    /// A backend on GPU `ordinal`: checks that kernels are built in, the driver loads and the device exists
+    /// and can run the PTX, then creates a context and a stream and loads every kernel module once. Every
+    /// failure is one line ([`Error::Device`]).
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        if !is_built_with_kernels() {
+            return Err(Error::Device(NO_KERNELS_MESSAGE.to_string()));
+        }
+        let count = device_count()?;
+        if count == 0 {
+            return Err(Error::Device(
+                "no CUDA device found (the NVIDIA driver is installed but sees no GPU); use --device cpu"
+                    .to_string(),
+            ));
+        }
+        if ordinal >= count {
+            return Err(Error::Device(format!(
+                "no CUDA device {ordinal}: the driver reports {count} device(s) (0..={}); use --device cpu",
+                count - 1
+            )));
+        }
+        let info = device_info(ordinal)?;
+        let (major, minor) = info.compute_capability;
+        let arch: i32 = ptx_arch()
+            .trim_start_matches("compute_")
+            .parse()
+            .unwrap_or(0);
+        if major * 10 + minor < arch {
+            return Err(Error::Device(format!(
+                "{} has compute capability {major}.{minor}, but the kernels were built for {}; rebuild with \
+                 CUDA_ARCH=compute_{major}{minor} (if your nvcc supports it) or use --device cpu",
+                info.name,
+                ptx_arch()
+            )));
+        }
+
+        let ctx = guarded(
+            &format!("creating a CUDA context on device {ordinal}"),
+            || CudaContext::new(ordinal),
+        )?;
+        // SAFETY: this backend queues everything (allocations, copies, launches, frees) on the one stream
+        // created below, so stream order alone orders every use of every buffer; cudarc's per-buffer events
+        // (for multi-stream use) would only add overhead. Nothing was allocated on this context before.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = guarded("creating a CUDA stream", || ctx.new_stream())?;
+
+        let mut modules = HashMap::new();
+        for &(name, ptx) in ptx_modules() {
+            let what = format!(
+                "loading the PTX of kernels/{name}.cu ({}) on {}",
+                ptx_arch(),
+                info.name
+            );
+            let module = guarded(&what, || ctx.load_module(Ptx::from_src(ptx)))?;
+            modules.insert(name, module);
+        }
+        let k = Kernels::load(&modules)?;
+        let mse_partials = guarded("allocating scratch memory", || {
+            stream.alloc_zeros::<f64>(MSE_MAX_BLOCKS)
+        })?;
+        Ok(CudaBackend {
+            info,
+            ctx,
+            stream,
+            k,
+            bufs: Vec::new(),
+            indices: Vec::new(),
+            bytes: MSE_MAX_BLOCKS * std::mem::size_of::<f64>(),
+            mse_partials,
+        })
+    }
+
+    /// The GPU this backend runs on.
+    pub fn device_info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// The context, for callers that want to query the device.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The device address of `r`'s first element, after checking that `r` lies inside its buffer.
+    ///
+    /// Why passing raw addresses is sound: device memory is never borrowed as Rust memory, so no Rust
+    /// aliasing rule applies to it; what a kernel may touch is decided by the address and the count we pass,
+    /// and every op checks (with `assert!`, before launching) that each region lies inside its live buffer
+    /// and that the counts it passes match the regions. The buffers stay alive until the backend is dropped,
+    /// and `Drop` waits for the stream first. Because outputs and inputs are separate regions (asserted), an
+    /// output may live in the same buffer as an input, which `&mut`/`&` views of one `CudaSlice` could not
+    /// express. No cudarc event is skipped: event tracking is off (one stream, see `new`), so the guard that
+    /// `device_ptr` returns is empty.
+    fn ptr(&self, r: Region) -> u64 {
+        let buf = self
+            .bufs
+            .get(r.buf.0)
+            .unwrap_or_else(|| panic!("{r:?}: no such buffer"));
+        assert!(
+            r.offset
+                .checked_add(r.len)
+                .is_some_and(|end| end <= buf.len()),
+            "{r:?} exceeds its buffer of {} elements",
+            buf.len()
+        );
+        let (base, _no_event) = buf.device_ptr(&self.stream);
+        base + (r.offset * std::mem::size_of::<f32>()) as u64
+    }
+
+    /// The device address of `r`'s first index; see [`CudaBackend::ptr`].
+    fn idx_ptr(&self, r: IdxRegion) -> u64 {
+        let buf = self
+            .indices
+            .get(r.buf.0)
+            .unwrap_or_else(|| panic!("{r:?}: no such index buffer"));
+        assert!(
+            r.offset
+                .checked_add(r.len)
+                .is_some_and(|end| end <= buf.len()),
+            "{r:?} exceeds its index buffer of {} elements",
+            buf.len()
+        );
+        let (base, _no_event) = buf.device_ptr(&self.stream);
+        base + (r.offset * std::mem::size_of::<u32>()) as u64
+    }
+
+    fn launch_error(&self, kernel: &str, e: DriverError) -> Error {
+        device_error(&format!("launching {kernel} on {}", self.info.name), e)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Let queued kernels finish before the buffers they use are freed. An error here was already
+        // reported by the op that caused it, or will never be read.
+        let _ = self.stream.synchronize();
+    }
+}
+
+impl Backend for CudaBackend {
+    type Scalar = f32;
+
+    fn name(&self) -> String {
+        let (major, minor) = self.info.compute_capability;
+        format!(
+            "cuda:{} {} (sm_{major}{minor})",
+            self.info.ordinal, self.info.name
+        )
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<BufId> {
+        // A zero-length allocation is not valid in CUDA: keep one element, count none.
+        let buf = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| {
+            device_error(&format!("allocating {len} floats on {}", self.info.name), e)
+        })?;
+        self.bufs.push(buf);
+        self.bytes += len * std::mem::size_of::<f32>();
+        Ok(BufId(self.bufs.len() - 1))
+    }
+
+    fn alloc_indices(&mut self, len: usize) -> Result<IdxId> {
+        let buf = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(|e| {
+            device_error(
+                &format!("allocating {len} indices on {}", self.info.name),
+                e,
+            )
+        })?;
+        self.indices.push(buf);
+        self.bytes += len * std::mem::size_of::<u32>();
+        Ok(IdxId(self.indices.len() - 1))
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn upload(&mut self, dst: Region, src: &[f32]) -> Result<()> {
+        assert_eq!(src.len(), dst.len, "upload length");
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let buf = &mut self.bufs[dst.buf.0];
+        assert!(
+            dst.offset + dst.len <= buf.len(),
+            "upload: {dst:?} exceeds its buffer"
+        );
+        let mut view = buf.slice_mut(dst.offset..dst.offset + dst.len);
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| device_error("copying to the GPU", e))
+    }
+
+    fn upload_indices(&mut self, dst: IdxId, offset: usize, src: &[u32]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let buf = &mut self.indices[dst.0];
+        assert!(
+            offset + src.len() <= buf.len(),
+            "upload_indices: {offset}+{} exceeds its buffer",
+            src.len()
+        );
+        let mut view = buf.slice_mut(offset..offset + src.len());
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| device_error("copying indices to the GPU", e))
+    }
+
+    fn download(&mut self, src: Region, dst: &mut [f32]) -> Result<()> {
+        assert_eq!(src.len, dst.len(), "download length");
+        if src.len > 0 {
+            let buf = &self.bufs[src.buf.0];
+            assert!(
+                src.offset + src.len <= buf.len(),
+                "download: {src:?} exceeds its buffer"
+            );
+            let view = buf.slice(src.offset..src.offset + src.len);
+            self.stream.memcpy_dtoh(&view, dst).map_err(|e| {
+                device_error("copying from the GPU (a queued kernel may have failed)", e)
+            })?;
+        }
+        self.synchronize()
+    }
+
+    // dst is (n): dst[i] = value. Twin of `fill` in cpu.rs.
+    fn fill(&mut self, dst: Region, value: f32) -> Result<()> {
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let p_dst = self.ptr(dst);
+        let n = dst.len as u64;
+        let mut launch = self.stream.launch_builder(&self.k.fill);
+        launch.arg(&p_dst).arg(&n).arg(&value);
+        // SAFETY: fill(float* dst, u64 n, float value); p_dst addresses dst.len floats of a live buffer
+        // (checked by `ptr`) and n == dst.len.
+        unsafe { launch.launch(grid_1d(dst.len)) }.map_err(|e| self.launch_error("fill", e))?;
+        Ok(())
+    }
+
+    // data is (rows, cols), idx is (out_rows), out is (out_rows, cols). Twin of `gather_rows` in cpu.rs.
+    fn gather_rows(
+        &mut self,
+        data: Region,
+        cols: usize,
+        idx: IdxRegion,
+        out: Region,
+    ) -> Result<()> {
+        assert_eq!(out.len, idx.len * cols, "gather_rows output size");
+        assert_disjoint("gather_rows", out, data);
+        if out.len == 0 {
+            return Ok(());
+        }
+        let (p_data, p_idx, p_out) = (self.ptr(data), self.idx_ptr(idx), self.ptr(out));
+        let (out_rows, cols_u, data_rows) = (idx.len as u64, cols as u64, (data.len / cols) as u64);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                cols.div_ceil(THREADS as usize).min(MAX_GRID_Y) as u32,
+                idx.len.min(MAX_GRID_Y) as u32,
+                1,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.k.gather_rows);
+        launch
+            .arg(&p_data)
+            .arg(&p_idx)
+            .arg(&p_out)
+            .arg(&out_rows)
+            .arg(&cols_u)
+            .arg(&data_rows);
+        // SAFETY: gather_rows(const float* data, const u32* idx, float* out, u64 out_rows, u64 cols,
+        // u64 data_rows). out holds out_rows·cols floats (asserted), idx holds out_rows indices, data holds at
+        // least data_rows·cols floats (data_rows = data.len / cols), and the kernel reads data only for
+        // indices < data_rows; all three regions were checked by `ptr`/`idx_ptr`.
+        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("gather_rows", e))?;
+        Ok(())
+    }
+
+    // C = alpha·op(A)·op(B) + beta·C. A is (m,k), or (k,m) when trans_a; B is (k,n), or (n,k) when trans_b;
+    // C is (m,n); all row-major. Twin of `gemm` in cpu.rs.
+    fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()> {
+        let Gemm { m, n, k, .. } = g;
+        assert_eq!(a.len, m * k, "gemm A size");
+        assert_eq!(b.len, k * n, "gemm B size");
+        assert_eq!(c.len, m * n, "gemm C size");
+        assert_disjoint("gemm", c, a);
+        assert_disjoint("gemm", c, b);
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        assert!(
+            m <= GEMM_MAX_DIM && n <= GEMM_MAX_DIM && k <= GEMM_MAX_DIM,
+            "gemm dimensions {m}×{n}×{k} exceed the kernel's int indices"
+        );
+        // K == 0 leaves beta·C (or 0); the kernel's accumulators are 0, and alpha·0 must not become NaN.
+        let alpha = if k == 0 { 0.0f32 } else { g.alpha };
+        let (p_a, p_b, p_c) = (self.ptr(a), self.ptr(b), self.ptr(c));
+        let (m_i, n_i, k_i) = (m as i32, n as i32, k as i32);
+        let trans_a = i32::from(g.trans_a == Trans::T);
+        let trans_b = i32::from(g.trans_b == Trans::T);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                m.div_ceil(GEMM_TILE) as u32, // <= 2^25: within gridDim.x's 2^31 - 1
+                n.div_ceil(GEMM_TILE).min(MAX_GRID_Y) as u32,
+                1,
+            ),
+            block_dim: (GEMM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.k.gemm);
+        launch
+            .arg(&p_a)
+            .arg(&p_b)
+            .arg(&p_c)
+            .arg(&m_i)
+            .arg(&n_i)
+            .arg(&k_i)
+            .arg(&trans_a)
+            .arg(&trans_b)
+            .arg(&alpha)
+            .arg(&g.beta);
+        // SAFETY: gemm(const float* A, const float* B, float* C, int M, int N, int K, int trans_a,
+        // int trans_b, float alpha, float beta). A, B, C hold exactly m·k, k·n, m·n floats (asserted) inside
+        // live buffers (checked by `ptr`), M, N, K fit the kernel's int arithmetic (asserted), and the kernel
+        // bounds-checks every element against M, N, K; C overlaps neither A nor B (asserted).
+        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("gemm", e))?;
+        Ok(())
+    }
+
+    // z is (rows, cols), bias is (cols): z = f(z + bias) in place. Twin of `bias_act` in cpu.rs.
+    fn bias_act(&mut self, z: Region, cols: usize, bias: Region, act: Activation) -> Result<()> {
+        assert_eq!(bias.len, cols, "bias_act bias size");
+        assert_disjoint("bias_act", z, bias);
+        if z.len == 0 {
+            return Ok(());
+        }
+        assert!(
+            cols > 0 && z.len.is_multiple_of(cols),
+            "bias_act: {} is not rows × {cols}",
+            z.len
+        );
+        let (p_z, p_bias) = (self.ptr(z), self.ptr(bias));
+        let (n, cols_u, code) = (z.len as u64, cols as u64, act.code());
+        let mut launch = self.stream.launch_builder(&self.k.bias_act);
+        launch
+            .arg(&p_z)
+            .arg(&p_bias)
+            .arg(&n)
+            .arg(&cols_u)
+            .arg(&code);
+        // SAFETY: bias_act(float* z, const float* bias, u64 n, u64 cols, u32 act); z holds n floats and bias
+        // holds cols floats (asserted; both checked by `ptr`); the kernel reads bias[i % cols] only.
+        unsafe { launch.launch(grid_1d(z.len)) }.map_err(|e| self.launch_error("bias_act", e))?;
+        Ok(())
+    }
+
+    // grad and y are (rows, cols): grad *= f'(y). Twin of `act_backward` in cpu.rs.
+    fn act_backward(&mut self, grad: Region, y: Region, act: Activation) -> Result<()> {
+        assert_eq!(grad.len, y.len, "act_backward sizes");
+        assert_disjoint("act_backward", grad, y);
+        if act == Activation::Linear || grad.len == 0 {
+            return Ok(());
+        }
+        let (p_grad, p_y) = (self.ptr(grad), self.ptr(y));
+        let (n, code) = (grad.len as u64, act.code());
+        let mut launch = self.stream.launch_builder(&self.k.act_backward);
+        launch.arg(&p_grad).arg(&p_y).arg(&n).arg(&code);
+        // SAFETY: act_backward(float* grad, const float* y, u64 n, u32 act); grad and y hold n floats each
+        // (asserted; checked by `ptr`).
+        unsafe { launch.launch(grid_1d(grad.len)) }
+            .map_err(|e| self.launch_error("act_backward", e))?;
+        Ok(())
+    }
+
+    // pred, target, grad are (n): grad = 2/count·(pred − target)·f'(pred); loss[0] = Σ (pred − target)²
+    // (overwritten). Twin of `mse_backward` in cpu.rs.
+    fn mse_backward(
+        &mut self,
+        pred: Region,
+        target: Region,
+        act: Activation,
+        count: usize,
+        grad: Region,
+        loss: Region,
+    ) -> Result<()> {
+        assert!(pred.len == target.len && pred.len == grad.len, "mse sizes");
+        assert!(loss.len >= 1, "mse_backward: the loss region is empty");
+        let loss = loss.prefix(1);
+        for input in [pred, target] {
+            assert_disjoint("mse_backward", grad, input);
+            assert_disjoint("mse_backward", loss, input);
+        }
+        assert_disjoint("mse_backward", loss, grad);
+        // The same float as the CPU's T::from_f64(2.0 / count as f64).
+        let scale = (2.0 / count as f64) as f32;
+        let n = pred.len;
+        let blocks = n.div_ceil(MSE_THREADS as usize).min(MSE_MAX_BLOCKS);
+        let (p_loss, (p_partials, _no_event)) =
+            (self.ptr(loss), self.mse_partials.device_ptr(&self.stream));
+        if blocks > 0 {
+            let (p_pred, p_target, p_grad) = (self.ptr(pred), self.ptr(target), self.ptr(grad));
+            let (n_u, code) = (n as u64, act.code());
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (MSE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = self.stream.launch_builder(&self.k.mse_backward);
+            launch
+                .arg(&p_pred)
+                .arg(&p_target)
+                .arg(&p_grad)
+                .arg(&p_partials)
+                .arg(&n_u)
+                .arg(&scale)
+                .arg(&code);
+            // SAFETY: mse_backward(const float* pred, const float* target, float* grad, double* partials,
+            // u64 n, float scale, u32 act); pred, target, grad hold n floats (asserted; checked by `ptr`);
+            // partials holds MSE_MAX_BLOCKS >= gridDim.x doubles; blockDim.x == MSE_THREADS as the kernel's
+            // shared-memory tree requires.
+            unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_backward", e))?;
+        }
+        let num_partials = blocks as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (MSE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.k.mse_finalize);
+        launch.arg(&p_partials).arg(&num_partials).arg(&p_loss);
+        // SAFETY: mse_finalize(const double* partials, u32 num_partials, float* loss); the first
+        // num_partials partials were written by the launch above (stream order), loss addresses one float
+        // (checked by `ptr`); one block of MSE_THREADS threads as the kernel requires.
+        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_finalize", e))?;
+        Ok(())
+    }
+
+    // m is (rows, cols), out is (cols): out[j] = Σ_r m[r, j] (overwritten). Twin of `col_sum` in cpu.rs.
+    fn col_sum(&mut self, m: Region, cols: usize, out: Region) -> Result<()> {
+        assert_eq!(out.len, cols, "col_sum output size");
+        assert_disjoint("col_sum", out, m);
+        if cols == 0 {
+            return Ok(());
+        }
+        assert!(
+            m.len.is_multiple_of(cols),
+            "col_sum: {} is not rows × {cols}",
+            m.len
+        );
+        let (p_m, p_out) = (self.ptr(m), self.ptr(out));
+        let (rows, cols_u) = ((m.len / cols) as u64, cols as u64);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                cols.div_ceil(COL_SUM_BLOCK.0 as usize).min(MAX_BLOCKS) as u32,
+                1,
+                1,
+            ),
+            block_dim: (COL_SUM_BLOCK.0, COL_SUM_BLOCK.1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.k.col_sum);
+        launch.arg(&p_m).arg(&p_out).arg(&rows).arg(&cols_u);
+        // SAFETY: col_sum(const float* m, float* out, u64 rows, u64 cols); m holds rows·cols floats and out
+        // cols floats (asserted; checked by `ptr`); blockDim is (COL_SUM_TX, COL_SUM_TY) as the kernel's
+        // shared tile requires.
+        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("col_sum", e))?;
+        Ok(())
+    }
+
+    // w, g, v are (P): v = −(g·lr) + v·momentum; w += v. Twin of `sgd_step` in cpu.rs.
+    fn sgd_step(&mut self, w: Region, g: Region, v: Region, lr: f32, momentum: f32) -> Result<()> {
+        assert!(g.len == w.len && v.len == w.len, "sgd_step sizes");
+        assert_disjoint("sgd_step", w, g);
+        assert_disjoint("sgd_step", v, g);
+        assert_disjoint("sgd_step", w, v);
+        if w.len == 0 {
+            return Ok(());
+        }
+        let (p_w, p_g, p_v) = (self.ptr(w), self.ptr(g), self.ptr(v));
+        let n = w.len as u64;
+        let mut launch = self.stream.launch_builder(&self.k.sgd_step);
+        launch
+            .arg(&p_w)
+            .arg(&p_g)
+            .arg(&p_v)
+            .arg(&n)
+            .arg(&lr)
+            .arg(&momentum);
+        // SAFETY: sgd_step(float* w, const float* g, float* v, u64 n, float lr, float momentum); w, g, v hold
+        // n floats each (asserted; checked by `ptr`) and do not overlap (asserted).
+        unsafe { launch.launch(grid_1d(w.len)) }.map_err(|e| self.launch_error("sgd_step", e))?;
+        Ok(())
+    }
+
+    // w, g, m, v are (P); Keras's Adam in Keras's operation order. Twin of `adam_step` in cpu.rs.
+    fn adam_step(&mut self, w: Region, g: Region, m: Region, v: Region, s: AdamStep) -> Result<()> {
+        assert!(
+            g.len == w.len && m.len == w.len && v.len == w.len,
+            "adam_step sizes"
+        );
+        for out in [w, m, v] {
+            assert_disjoint("adam_step", out, g);
+        }
+        assert_disjoint("adam_step", w, m);
+        assert_disjoint("adam_step", w, v);
+        assert_disjoint("adam_step", m, v);
+        if w.len == 0 {
+            return Ok(());
+        }
+        let (p_w, p_g, p_m, p_v) = (self.ptr(w), self.ptr(g), self.ptr(m), self.ptr(v));
+        let n = w.len as u64;
+        let cfg = AdamConfig {
+            alpha: s.alpha,
+            beta1: s.beta1,
+            beta2: s.beta2,
+            epsilon: s.epsilon,
+        };
+        let mut launch = self.stream.launch_builder(&self.k.adam_step);
+        launch
+            .arg(&p_w)
+            .arg(&p_g)
+            .arg(&p_m)
+            .arg(&p_v)
+            .arg(&n)
+            .arg(&cfg);
+        // SAFETY: adam_step(float* w, const float* g, float* m, float* v, u64 n, AdamConfig cfg); the four
+        // regions hold n floats each (asserted; checked by `ptr`) and do not overlap (asserted); AdamConfig
+        // has the kernel's C layout.
+        unsafe { launch.launch(grid_1d(w.len)) }.map_err(|e| self.launch_error("adam_step", e))?;
+        Ok(())
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| {
+            device_error(
+                &format!("waiting for {} (a queued kernel failed)", self.info.name),
+                e,
+            )
+        })
+    }
+}

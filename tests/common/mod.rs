@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests: a GPU backend when one works, and an element-wise comparison
+//! with a tolerance `atol + rtol·|want|` that names the worst element (llm.c's test_gpt2 style).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use tiedae::backend::cuda::CudaBackend;
+
+/// True when the environment variable is set to "1".
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim() == "1")
+}
+
+/// A CUDA backend on GPU 0, or `None` with `SKIPPED <test>: no usable GPU (<reason>)` on stderr (visible with
+/// `--nocapture`). With `TIEDAE_REQUIRE_GPU=1` (the GPU check script) a missing GPU fails the test instead.
+pub fn gpu_backend(test: &str) -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(backend) => Some(backend),
+        Err(e) => {
+            if env_flag("TIEDAE_REQUIRE_GPU") {
+                panic!("{test}: TIEDAE_REQUIRE_GPU=1 but there is no usable GPU: {e}");
+            }
+            skipped(&format!("{test}: no usable GPU ({e})"));
+            None
+        }
+    }
+}
+
+/// Says that a test skipped, on the real stderr: libtest captures `eprintln!` of passing tests, but not
+/// direct writes, so `cargo test` shows every skip without `--nocapture`.
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {what}");
+}
+
+/// Asserts |got − want| ≤ atol + rtol·|want| for every element (NaN only matches NaN), and on failure reports
+/// how many elements fail and the worst one (largest excess over its allowance).
+pub fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
+    let mut failures = 0usize;
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = if g.is_nan() || w.is_nan() {
+            if g.is_nan() && w.is_nan() {
+                continue;
+            }
+            f64::INFINITY
+        } else if g == w {
+            continue; // also equal infinities
+        } else {
+            let err = (g as f64 - w as f64).abs();
+            let allowed = atol as f64 + rtol as f64 * (w as f64).abs();
+            if err <= allowed {
+                continue;
+            }
+            err - allowed
+        };
+        failures += 1;
+        if worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, _)) = worst {
+        let (g, w) = (got[i], want[i]);
+        panic!(
+            "{name}: {failures} of {} elements differ; worst at [{i}]: got {g:e}, want {w:e}, |diff| {:e} > \
+             allowed {:e} (atol {atol:e} + rtol {rtol:e}·|want|)",
+            got.len(),
+            (g as f64 - w as f64).abs(),
+            atol as f64 + rtol as f64 * (w as f64).abs()
+        );
+    }
+}

@@ -1,0 +1,721 @@
+//! Every CUDA kernel against its CPU twin (`CpuBackend<f32>`), on the same inputs.
+//!
+//! Without a usable GPU each GPU test prints `SKIPPED <test>: no usable GPU (...)` and passes, unless
+//! `TIEDAE_REQUIRE_GPU=1`. The PTX tests at the end need no GPU, only the kernels built in (and `ptxas`).
+//!
+//! Every buffer is allocated with PAD NaNs on both sides of the region an op sees: a kernel that reads past
+//! its region picks up NaN (and fails the comparison), one that writes past it overwrites a NaN (and fails
+//! `take`). The regions therefore also start at a non-zero offset, which checks the offset arithmetic.
+//!
+//! Tolerances, and why:
+//! - GEMM: both sides sum k products in f32 in different orders (tiles + FMA vs matrixmultiply's kernels);
+//!   with inputs in [-1, 1] the error is ~√k·2⁻²⁴, far below the atol of 2e-6·(k+1). An indexing bug is O(1).
+//! - bias_act: expf/tanhf are within 2 ulp of the CPU's libm: atol 1e-6, rtol 1e-5.
+//! - act_backward, mse_backward's gradient, sgd_step, adam_step: the same float operations in the same order
+//!   (no FMA contraction: the kernels use __fmul_rn/__fadd_rn), so they should agree to the bit; the
+//!   tolerance of 1 ulp-ish (rtol 1e-6) only keeps a failure readable.
+//! - mse loss: both sum float squares in f64 then round once; rtol 1e-6.
+//! - col_sum: f32 sums in different orders over `rows` terms: atol 1e-6·rows.
+
+mod common;
+
+use common::{assert_close, env_flag, gpu_backend};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tiedae::activation::Activation;
+use tiedae::backend::cuda::{self, CudaBackend};
+use tiedae::backend::{AdamStep, Backend, CpuBackend, Gemm, IdxRegion, Region, Trans};
+
+const PAD: usize = 5;
+
+/// `n` deterministic pseudo-random values in [lo, hi) (splitmix64).
+fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
+            lo + (hi - lo) * unit
+        })
+        .collect()
+}
+
+/// A new buffer holding `data` at offset PAD, with PAD NaNs on both sides; returns the inner region.
+fn put<B: Backend<Scalar = f32>>(b: &mut B, data: &[f32]) -> Region {
+    let total = data.len() + 2 * PAD;
+    let id = b.alloc(total).unwrap();
+    b.fill(Region::whole(id, total), f32::NAN).unwrap();
+    let inner = Region::whole(id, total).sub(PAD, data.len());
+    b.upload(inner, data).unwrap();
+    inner
+}
+
+/// A new padded buffer of `len` elements, every one NaN (an output nobody may read first).
+fn nans<B: Backend<Scalar = f32>>(b: &mut B, len: usize) -> Region {
+    put(b, &vec![f32::NAN; len])
+}
+
+/// The contents of `inner` (made by `put`), after checking that nothing was written to its padding.
+fn take<B: Backend<Scalar = f32>>(b: &mut B, inner: Region, what: &str) -> Vec<f32> {
+    let whole = Region {
+        buf: inner.buf,
+        offset: 0,
+        len: inner.offset + inner.len + PAD,
+    };
+    let mut all = vec![0.0f32; whole.len];
+    b.download(whole, &mut all).unwrap();
+    let (before, rest) = all.split_at(inner.offset);
+    let (body, after) = rest.split_at(inner.len);
+    for (side, pad) in [("before", before), ("after", after)] {
+        if let Some(i) = pad.iter().position(|x| !x.is_nan()) {
+            panic!(
+                "{what}: the padding {side} the region was written: [{i}] = {}",
+                pad[i]
+            );
+        }
+    }
+    body.to_vec()
+}
+
+fn cpu() -> CpuBackend<f32> {
+    CpuBackend::<f32>::new()
+}
+
+// ---------------------------------------------------------------------------------------------------- GEMM
+
+const GEMM_SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (7, 51, 129),
+    (129, 7, 51),
+    (51, 1, 16),
+    (1, 64, 65),
+    (64, 64, 64),
+    (65, 63, 17),
+    (256, 784, 64),
+    (784, 32, 256),
+    (64, 32, 784),
+    (5, 3, 0),
+];
+
+/// C after one GEMM on `be`. C starts as `c0` when beta != 0; with beta == 0 it starts as NaN when
+/// `nan_c` (it must not be read) and as zeros otherwise.
+fn gemm_on<B: Backend<Scalar = f32>>(
+    be: &mut B,
+    g: Gemm,
+    a: &[f32],
+    b: &[f32],
+    c0: &[f32],
+    nan_c: bool,
+) -> Vec<f32> {
+    let (ra, rb) = (put(be, a), put(be, b));
+    let rc = match (g.beta == 0.0, nan_c) {
+        (false, _) => put(be, c0),
+        (true, true) => nans(be, c0.len()),
+        (true, false) => put(be, &vec![0.0; c0.len()]),
+    };
+    be.gemm(g, ra, rb, rc).unwrap();
+    take(be, rc, "gemm C")
+}
+
+fn check_gemm(gpu: &mut CudaBackend, g: Gemm, seed: u64) {
+    let Gemm { m, n, k, .. } = g;
+    let a = values(seed, m * k, -1.0, 1.0);
+    let b = values(seed + 1, k * n, -1.0, 1.0);
+    let c0 = values(seed + 2, m * n, -1.0, 1.0);
+    let want = gemm_on(&mut cpu(), g, &a, &b, &c0, false);
+    let got = gemm_on(gpu, g, &a, &b, &c0, true);
+    let atol = 2e-6 * (k as f32 + 1.0) * g.alpha.abs().max(1.0) + 1e-6;
+    assert_close(&format!("gemm {g:?}"), &got, &want, atol, 1e-5);
+}
+
+#[test]
+fn gemm_matches_cpu_in_all_four_transpose_combinations() {
+    let Some(mut gpu) = gpu_backend("gemm_matches_cpu_in_all_four_transpose_combinations") else {
+        return;
+    };
+    let mut seed = 1;
+    for &(m, n, k) in GEMM_SHAPES {
+        for trans_a in [Trans::N, Trans::T] {
+            for trans_b in [Trans::N, Trans::T] {
+                for (alpha, beta) in [
+                    (1.0, 0.0),
+                    (1.0, 1.0),
+                    (-0.75, 0.0),
+                    (0.5, 1.0),
+                    (1.5, -0.25),
+                ] {
+                    let g = Gemm {
+                        trans_a,
+                        trans_b,
+                        m,
+                        n,
+                        k,
+                        alpha,
+                        beta,
+                    };
+                    check_gemm(&mut gpu, g, seed);
+                    seed += 3;
+                }
+            }
+        }
+    }
+}
+
+/// The tied use of one kernel W (d_in × d_out): encoder X·W, decoder H·Wᵀ, and dW = dZ_decᵀ·H + Xᵀ·dZ_enc,
+/// the second GEMM accumulating into the first with beta = 1. Returns [X·W, H·Wᵀ, dW].
+fn tied_on<B: Backend<Scalar = f32>>(be: &mut B, dims: (usize, usize, usize)) -> Vec<Vec<f32>> {
+    let (batch, d_in, d_out) = dims;
+    let gemm = |trans_a, trans_b, m, n, k, beta| Gemm {
+        trans_a,
+        trans_b,
+        m,
+        n,
+        k,
+        alpha: 1.0,
+        beta,
+    };
+    let x = put(be, &values(10, batch * d_in, -1.0, 1.0));
+    let w = put(be, &values(11, d_in * d_out, -0.5, 0.5));
+    let dz_dec = put(be, &values(12, batch * d_in, -1.0, 1.0));
+    let h = put(be, &values(13, batch * d_out, -1.0, 1.0));
+    let dz_enc = put(be, &values(14, batch * d_out, -1.0, 1.0));
+    let (xw, hwt, dw) = (
+        nans(be, batch * d_out),
+        nans(be, batch * d_in),
+        nans(be, d_in * d_out),
+    );
+    be.gemm(gemm(Trans::N, Trans::N, batch, d_out, d_in, 0.0), x, w, xw)
+        .unwrap();
+    be.gemm(gemm(Trans::N, Trans::T, batch, d_in, d_out, 0.0), h, w, hwt)
+        .unwrap();
+    be.gemm(
+        gemm(Trans::T, Trans::N, d_in, d_out, batch, 0.0),
+        dz_dec,
+        h,
+        dw,
+    )
+    .unwrap();
+    be.gemm(
+        gemm(Trans::T, Trans::N, d_in, d_out, batch, 1.0),
+        x,
+        dz_enc,
+        dw,
+    )
+    .unwrap();
+    vec![
+        take(be, xw, "X·W"),
+        take(be, hwt, "H·Wᵀ"),
+        take(be, dw, "dW"),
+    ]
+}
+
+#[test]
+fn gemm_tied_kernel_both_orientations_accumulate() {
+    let Some(mut gpu) = gpu_backend("gemm_tied_kernel_both_orientations_accumulate") else {
+        return;
+    };
+    let dims = (33, 70, 9);
+    let want = tied_on(&mut cpu(), dims);
+    let got = tied_on(&mut gpu, dims);
+    for (name, (g, w)) in ["X·W", "H·Wᵀ", "dW (both uses)"]
+        .iter()
+        .zip(got.iter().zip(&want))
+    {
+        assert_close(name, g, w, 2e-4, 1e-5);
+    }
+}
+
+// ------------------------------------------------------------------------------------------- element-wise
+
+#[test]
+fn bias_act_matches_cpu_for_every_activation() {
+    let Some(mut gpu) = gpu_backend("bias_act_matches_cpu_for_every_activation") else {
+        return;
+    };
+    for &(rows, cols) in &[(1, 1), (7, 13), (1000, 3), (3, 1000), (256, 784)] {
+        for act in Activation::ALL {
+            let z = values(rows as u64 * 31 + cols as u64, rows * cols, -4.0, 4.0);
+            let bias = values(cols as u64, cols, -1.0, 1.0);
+            let mut cpu = cpu();
+            let (cz, cb) = (put(&mut cpu, &z), put(&mut cpu, &bias));
+            cpu.bias_act(cz, cols, cb, act).unwrap();
+            let want = take(&mut cpu, cz, "cpu bias_act");
+            let (gz, gb) = (put(&mut gpu, &z), put(&mut gpu, &bias));
+            gpu.bias_act(gz, cols, gb, act).unwrap();
+            let got = take(&mut gpu, gz, "gpu bias_act");
+            assert_close(
+                &format!("bias_act {act} {rows}×{cols}"),
+                &got,
+                &want,
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn act_backward_matches_cpu_for_every_activation() {
+    let Some(mut gpu) = gpu_backend("act_backward_matches_cpu_for_every_activation") else {
+        return;
+    };
+    for &n in &[1usize, 7, 1000, 256 * 784, 1_100_000] {
+        for act in Activation::ALL {
+            // y is a real layer output f(z), so relu gives exact zeros (relu'(0) = 0).
+            let y: Vec<f32> = values(n as u64, n, -3.0, 3.0)
+                .into_iter()
+                .map(|z| act.forward(z))
+                .collect();
+            let grad = values(n as u64 + 1, n, -1.0, 1.0);
+            let mut cpu = cpu();
+            let (cg, cy) = (put(&mut cpu, &grad), put(&mut cpu, &y));
+            cpu.act_backward(cg, cy, act).unwrap();
+            let want = take(&mut cpu, cg, "cpu act_backward");
+            let (gg, gy) = (put(&mut gpu, &grad), put(&mut gpu, &y));
+            gpu.act_backward(gg, gy, act).unwrap();
+            let got = take(&mut gpu, gg, "gpu act_backward");
+            assert_close(
+                &format!("act_backward {act} n={n}"),
+                &got,
+                &want,
+                1e-7,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn fill_sets_exactly_its_region() {
+    let Some(mut gpu) = gpu_backend("fill_sets_exactly_its_region") else {
+        return;
+    };
+    for &n in &[1usize, 255, 256, 257, 1_048_577, 1_048_576 + 3] {
+        let r = nans(&mut gpu, n);
+        gpu.fill(r, 2.5).unwrap();
+        let got = take(&mut gpu, r, "fill");
+        assert_close(&format!("fill n={n}"), &got, &vec![2.5; n], 0.0, 0.0);
+    }
+    // a sub-region of a buffer: its neighbours keep their values
+    let id = gpu.alloc(10).unwrap();
+    let whole = Region::whole(id, 10);
+    gpu.upload(whole, &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+        .unwrap();
+    gpu.fill(whole.sub(3, 4), -1.0).unwrap();
+    let mut out = vec![0.0; 10];
+    gpu.download(whole, &mut out).unwrap();
+    assert_eq!(out, [0.0, 1.0, 2.0, -1.0, -1.0, -1.0, -1.0, 7.0, 8.0, 9.0]);
+}
+
+// ---------------------------------------------------------------------------------------------------- loss
+
+#[test]
+fn mse_backward_matches_cpu_for_every_activation() {
+    let Some(mut gpu) = gpu_backend("mse_backward_matches_cpu_for_every_activation") else {
+        return;
+    };
+    // 300_000 > MSE_MAX_BLOCKS·MSE_THREADS = 262_144: some threads take two elements.
+    for &n in &[1usize, 7, 1000, 256 * 784, 300_000] {
+        for act in Activation::ALL {
+            let pred: Vec<f32> = values(n as u64 + 5, n, -2.0, 2.0)
+                .into_iter()
+                .map(|z| act.forward(z))
+                .collect();
+            let target = values(n as u64 + 6, n, 0.0, 1.0);
+            let count = if n % 2 == 0 { n / 2 } else { n }; // count is its own argument
+            let mut cpu = cpu();
+            let (cp, ct, cg) = (
+                put(&mut cpu, &pred),
+                put(&mut cpu, &target),
+                put(&mut cpu, &vec![0.0; n]),
+            );
+            let cl = put(&mut cpu, &[0.0]);
+            cpu.mse_backward(cp, ct, act, count, cg, cl).unwrap();
+            let (want_grad, want_loss) = (
+                take(&mut cpu, cg, "cpu grad"),
+                take(&mut cpu, cl, "cpu loss"),
+            );
+
+            let (gp, gt, gg) = (
+                put(&mut gpu, &pred),
+                put(&mut gpu, &target),
+                nans(&mut gpu, n),
+            );
+            let gl = put(&mut gpu, &[1.0e30]); // overwritten, never accumulated into
+            gpu.mse_backward(gp, gt, act, count, gg, gl).unwrap();
+            let (got_grad, got_loss) = (
+                take(&mut gpu, gg, "gpu grad"),
+                take(&mut gpu, gl, "gpu loss"),
+            );
+            assert_close(
+                &format!("mse grad {act} n={n}"),
+                &got_grad,
+                &want_grad,
+                1e-9,
+                1e-6,
+            );
+            assert_close(
+                &format!("mse loss {act} n={n}"),
+                &got_loss,
+                &want_loss,
+                0.0,
+                1e-6,
+            );
+            // a second call on the same buffers gives the same loss (overwritten, deterministic)
+            gpu.mse_backward(gp, gt, act, count, gg, gl).unwrap();
+            let again = take(&mut gpu, gl, "gpu loss again");
+            assert_eq!(
+                again[0].to_bits(),
+                got_loss[0].to_bits(),
+                "mse loss is not deterministic"
+            );
+        }
+    }
+}
+
+#[test]
+fn mse_backward_of_an_empty_batch_is_zero() {
+    let Some(mut gpu) = gpu_backend("mse_backward_of_an_empty_batch_is_zero") else {
+        return;
+    };
+    let (p, t, g) = (put(&mut gpu, &[]), put(&mut gpu, &[]), put(&mut gpu, &[]));
+    let l = put(&mut gpu, &[f32::NAN]);
+    gpu.mse_backward(p, t, Activation::Linear, 1, g, l).unwrap();
+    assert_eq!(take(&mut gpu, l, "loss"), [0.0]);
+}
+
+// --------------------------------------------------------------------------------------------------- reduce
+
+#[test]
+fn col_sum_matches_cpu_for_odd_shapes() {
+    let Some(mut gpu) = gpu_backend("col_sum_matches_cpu_for_odd_shapes") else {
+        return;
+    };
+    for &(rows, cols) in &[
+        (1, 1),
+        (1000, 3),
+        (3, 1000),
+        (257, 129),
+        (256, 784),
+        (100_000, 2),
+        (0, 5),
+    ] {
+        let m = values(rows as u64 * 7 + cols as u64, rows * cols, -1.0, 1.0);
+        let mut cpu = cpu();
+        let (cm, co) = (put(&mut cpu, &m), put(&mut cpu, &vec![0.0; cols]));
+        cpu.col_sum(cm, cols, co).unwrap();
+        let want = take(&mut cpu, co, "cpu col_sum");
+        let (gm, go) = (put(&mut gpu, &m), nans(&mut gpu, cols));
+        gpu.col_sum(gm, cols, go).unwrap();
+        let got = take(&mut gpu, go, "gpu col_sum");
+        assert_close(
+            &format!("col_sum {rows}×{cols}"),
+            &got,
+            &want,
+            1e-6 * rows.max(1) as f32,
+            1e-5,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------- optimizers
+
+#[test]
+fn sgd_step_matches_cpu_over_several_steps() {
+    let Some(mut gpu) = gpu_backend("sgd_step_matches_cpu_over_several_steps") else {
+        return;
+    };
+    for &n in &[1usize, 1000, 50_177, 1_100_000] {
+        for momentum in [0.0f32, 0.9] {
+            let w0 = values(n as u64, n, -1.0, 1.0);
+            let mut cpu = cpu();
+            let (cw, cv) = (put(&mut cpu, &w0), put(&mut cpu, &vec![0.0; n]));
+            let (gw, gv) = (put(&mut gpu, &w0), put(&mut gpu, &vec![0.0; n]));
+            for step in 0..4u64 {
+                let g = values(n as u64 * 10 + step, n, -1.0, 1.0);
+                let (cg, gg) = (put(&mut cpu, &g), put(&mut gpu, &g));
+                cpu.sgd_step(cw, cg, cv, 0.01, momentum).unwrap();
+                gpu.sgd_step(gw, gg, gv, 0.01, momentum).unwrap();
+            }
+            let what = format!("sgd n={n} momentum={momentum}");
+            let (want_w, got_w) = (take(&mut cpu, cw, "cpu w"), take(&mut gpu, gw, "gpu w"));
+            let (want_v, got_v) = (take(&mut cpu, cv, "cpu v"), take(&mut gpu, gv, "gpu v"));
+            assert_close(&format!("{what} w"), &got_w, &want_w, 1e-7, 1e-6);
+            assert_close(&format!("{what} v"), &got_v, &want_v, 1e-9, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn adam_step_matches_cpu_over_several_steps() {
+    let Some(mut gpu) = gpu_backend("adam_step_matches_cpu_over_several_steps") else {
+        return;
+    };
+    let (lr, beta1, beta2, epsilon) = (0.001f32, 0.9f32, 0.999f32, 1e-7f32);
+    for &n in &[1usize, 1000, 50_177, 1_100_000] {
+        let w0 = values(n as u64 + 3, n, -1.0, 1.0);
+        let zeros = vec![0.0; n];
+        let mut cpu = cpu();
+        let (cw, cm, cv) = (
+            put(&mut cpu, &w0),
+            put(&mut cpu, &zeros),
+            put(&mut cpu, &zeros),
+        );
+        let (gw, gm, gv) = (
+            put(&mut gpu, &w0),
+            put(&mut gpu, &zeros),
+            put(&mut gpu, &zeros),
+        );
+        for t in 1..=5i32 {
+            let alpha = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
+            let s = AdamStep {
+                alpha,
+                beta1,
+                beta2,
+                epsilon,
+            };
+            let g = values(n as u64 * 3 + t as u64, n, -1.0, 1.0);
+            let (cg, gg) = (put(&mut cpu, &g), put(&mut gpu, &g));
+            cpu.adam_step(cw, cg, cm, cv, s).unwrap();
+            gpu.adam_step(gw, gg, gm, gv, s).unwrap();
+        }
+        for (name, c, g) in [("w", cw, gw), ("m", cm, gm), ("v", cv, gv)] {
+            let want = take(&mut cpu, c, "cpu adam");
+            let got = take(&mut gpu, g, "gpu adam");
+            assert_close(&format!("adam n={n} {name}"), &got, &want, 1e-9, 1e-6);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------ data
+
+#[test]
+fn gather_rows_matches_cpu() {
+    let Some(mut gpu) = gpu_backend("gather_rows_matches_cpu") else {
+        return;
+    };
+    for &(rows, cols, picks) in &[
+        (1usize, 1usize, 1usize),
+        (50, 7, 13),
+        (1797, 64, 256),
+        (300, 784, 256),
+        (3, 1000, 5),
+    ] {
+        let data = values(rows as u64 + cols as u64, rows * cols, -5.0, 5.0);
+        // indices in an index buffer at an offset, with repeats and both ends
+        let mut idx: Vec<u32> = (0..picks).map(|i| ((i * 7919 + 3) % rows) as u32).collect();
+        idx[0] = (rows - 1) as u32;
+        let offset = 3;
+        let mut all_idx = vec![0u32; offset];
+        all_idx.extend(&idx);
+        let idx_region = |id| IdxRegion {
+            buf: id,
+            offset,
+            len: picks,
+        };
+
+        let mut cpu = cpu();
+        let cd = put(&mut cpu, &data);
+        let ci = cpu.alloc_indices(all_idx.len()).unwrap();
+        cpu.upload_indices(ci, 0, &all_idx).unwrap();
+        let co = put(&mut cpu, &vec![0.0; picks * cols]);
+        cpu.gather_rows(cd, cols, idx_region(ci), co).unwrap();
+        let want = take(&mut cpu, co, "cpu gather");
+
+        let gd = put(&mut gpu, &data);
+        let gi = gpu.alloc_indices(all_idx.len()).unwrap();
+        gpu.upload_indices(gi, 0, &all_idx).unwrap();
+        let go = nans(&mut gpu, picks * cols);
+        gpu.gather_rows(gd, cols, idx_region(gi), go).unwrap();
+        let got = take(&mut gpu, go, "gpu gather");
+        assert_close(
+            &format!("gather_rows {rows}×{cols} pick {picks}"),
+            &got,
+            &want,
+            0.0,
+            0.0,
+        );
+    }
+}
+
+// --------------------------------------------------------------------------------------------- bookkeeping
+
+#[test]
+fn allocated_bytes_and_name() {
+    let Some(mut gpu) = gpu_backend("allocated_bytes_and_name") else {
+        return;
+    };
+    let mut cpu = cpu();
+    // The GPU backend's fixed scratch (the MSE partial sums) is there before any buffer.
+    let fixed = gpu.allocated_bytes();
+    assert!(
+        fixed > 0 && fixed <= 64 * 1024,
+        "fixed scratch {fixed} bytes"
+    );
+    for len in [0usize, 1, 1000, 12345] {
+        gpu.alloc(len).unwrap();
+        cpu.alloc(len).unwrap();
+        gpu.alloc_indices(len + 1).unwrap();
+        cpu.alloc_indices(len + 1).unwrap();
+    }
+    assert_eq!(gpu.allocated_bytes() - fixed, cpu.allocated_bytes());
+    let name = gpu.name();
+    assert!(
+        name.starts_with("cuda:0 ") && name.contains("(sm_"),
+        "name: {name}"
+    );
+    gpu.synchronize().unwrap();
+}
+
+// ------------------------------------------------------------------------------------------ no GPU needed
+
+/// Without a GPU the backend must fail with one line, never panic. (With a GPU there is nothing to check.)
+#[test]
+fn new_without_a_usable_gpu_is_one_line_error() {
+    match CudaBackend::new(0) {
+        Ok(_) => eprintln!(
+            "new_without_a_usable_gpu_is_one_line_error: a GPU works here; nothing to check"
+        ),
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("CudaBackend::new(0): {msg}");
+            assert!(
+                !msg.is_empty() && !msg.contains('\n'),
+                "not one line: {msg:?}"
+            );
+        }
+    }
+    // An ordinal no machine has fails the same way.
+    let msg = CudaBackend::new(1_000_000).unwrap_err().to_string();
+    assert!(!msg.contains('\n'), "not one line: {msg:?}");
+    // list_devices never panics either.
+    let _ = cuda::list_devices();
+}
+
+/// `ptxas` on PATH, else next to nvcc.
+fn find_ptxas() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("ptxas"));
+    let mut beside_nvcc = Vec::new();
+    if let Some(nvcc) = std::env::var_os("NVCC") {
+        if let Some(dir) = Path::new(&nvcc).parent() {
+            beside_nvcc.push(dir.join("ptxas"));
+        }
+    }
+    for var in ["CUDA_PATH", "CUDA_HOME"] {
+        if let Some(root) = std::env::var_os(var) {
+            beside_nvcc.push(Path::new(&root).join("bin").join("ptxas"));
+        }
+    }
+    beside_nvcc.push(PathBuf::from("/usr/local/cuda/bin/ptxas"));
+    on_path.chain(beside_nvcc).find(|p| p.is_file())
+}
+
+/// Skips (or, with TIEDAE_REQUIRE_KERNELS=1, fails) when the kernels are not built in.
+fn kernels_or_skip(test: &str) -> bool {
+    if cuda::is_built_with_kernels() && !cuda::ptx_modules().is_empty() {
+        return true;
+    }
+    assert!(
+        !env_flag("TIEDAE_REQUIRE_KERNELS"),
+        "{test}: TIEDAE_REQUIRE_KERNELS=1 but this build has no GPU kernels (nvcc missing at build time?)"
+    );
+    common::skipped(&format!("{test}: built without GPU kernels"));
+    false
+}
+
+#[test]
+fn embedded_ptx_has_every_kernel_entry() {
+    if !kernels_or_skip("embedded_ptx_has_every_kernel_entry") {
+        return;
+    }
+    let modules = cuda::ptx_modules();
+    for entry in [
+        "gemm",
+        "bias_act",
+        "act_backward",
+        "fill",
+        "mse_backward",
+        "mse_finalize",
+        "col_sum",
+        "sgd_step",
+        "adam_step",
+        "gather_rows",
+    ] {
+        let needle = format!(".entry {entry}(");
+        let found: Vec<&str> = modules
+            .iter()
+            .filter(|(_, ptx)| ptx.contains(&needle))
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(found.len(), 1, "entry {entry}: found in modules {found:?}");
+    }
+    assert!(
+        cuda::ptx_arch().starts_with("compute_"),
+        "ptx arch {}",
+        cuda::ptx_arch()
+    );
+    assert_ne!(cuda::nvcc_version(), "none");
+}
+
+#[test]
+fn ptx_assembles_for_sm61_and_sm90() {
+    let test = "ptx_assembles_for_sm61_and_sm90";
+    if !kernels_or_skip(test) {
+        return;
+    }
+    let Some(ptxas) = find_ptxas() else {
+        assert!(
+            !env_flag("TIEDAE_REQUIRE_KERNELS"),
+            "{test}: TIEDAE_REQUIRE_KERNELS=1 but ptxas is not on PATH nor beside nvcc"
+        );
+        common::skipped(&format!("{test}: no ptxas on PATH nor beside nvcc"));
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("tiedae-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, ptx) in cuda::ptx_modules() {
+        let file = dir.join(format!("{name}.ptx"));
+        std::fs::write(&file, ptx).unwrap();
+        for arch in ["sm_61", "sm_90"] {
+            let out = Command::new(&ptxas)
+                .arg(format!("-arch={arch}"))
+                .arg("-v")
+                .arg("-o")
+                .arg(dir.join(format!("{name}.{arch}.cubin")))
+                .arg(&file)
+                .output()
+                .unwrap_or_else(|e| panic!("running {}: {e}", ptxas.display()));
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "ptxas -arch={arch} failed on kernels/{name}.cu's PTX ({}):\n{log}",
+                out.status
+            );
+            for line in log
+                .lines()
+                .filter(|l| l.contains("Compiling entry") || l.contains("Used"))
+            {
+                eprintln!("{name} {arch}: {}", line.trim());
+            }
+            // The GEMM's register tile must stay in registers.
+            if *name == "gemm" {
+                assert!(
+                    log.contains("0 bytes spill stores")
+                        && !log
+                            .lines()
+                            .any(|l| l.contains("spill stores")
+                                && !l.contains(" 0 bytes spill stores")),
+                    "gemm spills registers on {arch}:\n{log}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
