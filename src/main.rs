@@ -239,6 +239,7 @@ fn train(a: TrainArgs) -> Result<()> {
         epochs,
         optimizer,
         shuffle: !a.no_shuffle,
+        constraints: Default::default(),
         seed: a.seed,
     };
     let progress = Progress::new(epochs as u64);

@@ -41,6 +41,7 @@ fn train_linear(k: usize, floor: f64) {
             epochs,
             optimizer,
             shuffle: true,
+            constraints: Default::default(),
             seed: 5,
         };
         net.fit(&cfg, |_| Ok(())).unwrap();

@@ -48,6 +48,7 @@ fn gpu_matches_cpu(test: &str, spec: ModelSpec, optimizer: Optimizer, batch_size
         epochs: 3,
         optimizer,
         shuffle: true,
+        constraints: Default::default(),
         seed: 11,
     };
     let (cpu_params, cpu_reports, cpu_mse) = train(CpuBackend::<f32>::new(), &spec, &cfg);

@@ -149,6 +149,7 @@ fn run_library<B: Backend>(backend: B, case: &Case) {
         epochs: case.epochs,
         optimizer: case.optimizer,
         shuffle: false,
+        constraints: Default::default(),
         seed: 0,
     };
     let reports = net.fit(&cfg, |_| Ok(())).unwrap();

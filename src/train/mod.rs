@@ -17,6 +17,9 @@ use crate::optim::Optimizer;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+mod constraints;
+pub use constraints::Constraints;
+
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub batch_size: usize,
@@ -25,6 +28,8 @@ pub struct TrainConfig {
     /// Reshuffle the rows every epoch (seeded); otherwise batches follow file order.
     pub shuffle: bool,
     pub seed: u64,
+    /// The PCA-inspired constraints (orthogonality, uncorrelated codes, unit-norm columns); all off by default.
+    pub constraints: Constraints,
 }
 
 /// What one epoch did, reported to the caller once per epoch.
@@ -72,6 +77,9 @@ pub struct Network<B: Backend> {
     /// dec_delta[i]: gradient at decoder layer i's pre-activation, (max_batch, d_i).
     dec_delta: Vec<Region>,
     data: Option<DeviceData>,
+    constraints: Constraints,
+    /// Scratch buffers of the constraints, allocated on first use (see constraints.rs).
+    constraint_buffers: Option<constraints::Buffers>,
 }
 
 fn alloc<B: Backend>(backend: &mut B, len: usize) -> Result<Region> {
@@ -136,6 +144,8 @@ impl<B: Backend> Network<B> {
             enc_delta,
             dec_delta,
             data: None,
+            constraints: Constraints::default(),
+            constraint_buffers: None,
         })
     }
 
@@ -301,6 +311,10 @@ impl<B: Backend> Network<B> {
                 beta: 0.0,
             };
             self.backend.gemm(g, dz, self.kernel(i), d_next)?;
+            if i + 1 == depth {
+                // dL/dh_L: the uncorrelated-codes penalty adds its share here, before the code activation.
+                self.add_code_penalty_gradient(n, g_in, d_next)?;
+            }
             self.backend.act_backward(d_next, g_in, act)?;
         }
         // Encoder, from the code outward. dz is (n, d_{i+1}), h_i is (n, d_i).
@@ -343,6 +357,8 @@ impl<B: Backend> Network<B> {
                     .act_backward(d_prev, h_in, self.spec.encoder_activation(i - 1))?;
             }
         }
+        // --orthogonality: λ·‖WᵀW − I‖_F per kernel adds its gradient to each kernel's one slot.
+        self.add_kernel_penalty_gradients()?;
         Ok(())
     }
 
@@ -352,7 +368,7 @@ impl<B: Backend> Network<B> {
         match opt {
             Optimizer::Sgd { lr, momentum } => {
                 self.backend
-                    .sgd_step(self.params, self.grads, self.opt_state[0], lr, momentum)
+                    .sgd_step(self.params, self.grads, self.opt_state[0], lr, momentum)?
             }
             Optimizer::Adam { .. } => {
                 let step = opt.adam_step(self.steps_done).expect("adam");
@@ -362,9 +378,16 @@ impl<B: Backend> Network<B> {
                     self.opt_state[0],
                     self.opt_state[1],
                     step,
-                )
+                )?
             }
         }
+        // --unit-norm: each kernel column back onto the unit sphere after the update.
+        self.project_unit_norm()
+    }
+
+    /// Sets the constraints used by the following steps.
+    pub fn set_constraints(&mut self, constraints: Constraints) {
+        self.constraints = constraints;
     }
 
     /// Computes the loss and the full gradient for rows `order[start .. start + n]` without updating
@@ -493,6 +516,7 @@ impl<B: Backend> Network<B> {
         mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
     ) -> Result<Vec<EpochReport>> {
         let rows = self.data().rows;
+        self.set_constraints(cfg.constraints);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut order: Vec<u32> = (0..rows as u32).collect();
         let mut reports = Vec::with_capacity(cfg.epochs);
