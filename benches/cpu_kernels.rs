@@ -1,23 +1,39 @@
-//! CPU reference kernels: the GEMM in each transpose combination at the shapes a training step uses, and a
-//! whole training step per workload. `cargo bench --bench cpu_kernels`.
+//! CPU kernels: the GEMM in each transpose combination at the shapes a training step of the `tiedae bench`
+//! workloads runs (and 1024³), and one whole training epoch per workload. `cargo bench --bench cpu_kernels`.
+//! The thread count is `MATMUL_NUM_THREADS` (1 when unset, as in the tests; `tiedae` itself defaults it to
+//! every core), e.g. `MATMUL_NUM_THREADS=2 cargo bench --bench cpu_kernels`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use tiedae::activation::Activation;
+use std::time::Duration;
 use tiedae::backend::{Backend, CpuBackend, Gemm, Region, Trans};
-use tiedae::model::ModelSpec;
-use tiedae::optim::Optimizer;
+use tiedae::bench::{synthetic_data, Workload};
 use tiedae::train::Network;
+
+/// (m, n, k) of every GEMM in a training step of `w`: the encoder's x·W, the decoder's g·Wᵀ, the dW products
+/// and the input gradients (the same three shapes per layer, in different transpositions).
+fn step_shapes(w: &Workload) -> Vec<(usize, usize, usize)> {
+    let b = w.batch_size;
+    w.widths
+        .windows(2)
+        .flat_map(|d| [(b, d[1], d[0]), (b, d[0], d[1]), (d[0], d[1], b)])
+        .collect()
+}
 
 fn gemm(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_gemm");
-    // (m, n, k): the forward GEMM of a 256-row batch through 784→256, a decoder GEMM, a dW GEMM, and 1024³.
-    for &(m, n, k) in &[
-        (256, 256, 784),
-        (256, 784, 256),
-        (784, 256, 256),
-        (1024, 1024, 1024),
-    ] {
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(300));
+    group.measurement_time(Duration::from_secs(1));
+    let mut shapes = vec![(1024, 1024, 1024)];
+    for w in Workload::builtin() {
+        for s in step_shapes(&w) {
+            if !shapes.contains(&s) {
+                shapes.push(s);
+            }
+        }
+    }
+    for &(m, n, k) in &shapes {
         for (ta, tb) in [
             (Trans::N, Trans::N),
             (Trans::N, Trans::T),
@@ -28,8 +44,8 @@ fn gemm(c: &mut Criterion) {
             let a = Region::whole(be.alloc(m * k).unwrap(), m * k);
             let b = Region::whole(be.alloc(k * n).unwrap(), k * n);
             let cr = Region::whole(be.alloc(m * n).unwrap(), m * n);
-            be.fill(a, 0.5).unwrap();
-            be.fill(b, 0.25).unwrap();
+            be.upload(a, &synthetic_data(m, k, 1)).unwrap();
+            be.upload(b, &synthetic_data(k, n, 2)).unwrap();
             let g = Gemm {
                 trans_a: ta,
                 trans_b: tb,
@@ -49,38 +65,29 @@ fn gemm(c: &mut Criterion) {
     group.finish();
 }
 
-fn train_step(c: &mut Criterion) {
+fn train_epoch(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_train_epoch");
     group.sample_size(10);
-    for (name, widths, act, batch, rows) in [
-        ("seed", vec![51, 1], Activation::Linear, 16, 4096),
-        ("digits", vec![64, 32, 8], Activation::Tanh, 256, 8192),
-        ("mnist", vec![784, 256, 64], Activation::Tanh, 256, 4096),
-    ] {
-        let spec =
-            ModelSpec::new(widths.clone(), act, Activation::Linear, Activation::Linear).unwrap();
-        let optimizer =
-            Optimizer::from_flags(if name == "seed" { "sgd" } else { "adam" }, None, 0.0).unwrap();
-        let data: Vec<f32> = (0..rows * widths[0])
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
-            .collect();
+    for w in Workload::builtin() {
+        let spec = w.spec().unwrap();
         let mut net = Network::new(
             CpuBackend::<f32>::new(),
             &spec,
             &spec.glorot_init(0),
-            batch,
-            Some(optimizer),
+            w.batch_size,
+            Some(w.optimizer),
         )
         .unwrap();
-        net.set_data(&data, rows).unwrap();
-        let order: Vec<u32> = (0..rows as u32).collect();
-        group.throughput(Throughput::Elements(rows as u64));
-        group.bench_function(name, |bench| {
-            bench.iter(|| net.train_epoch(&order, batch).unwrap())
+        net.set_data(&synthetic_data(w.rows, w.widths[0], 7), w.rows)
+            .unwrap();
+        let order: Vec<u32> = (0..w.rows as u32).collect();
+        group.throughput(Throughput::Elements(w.rows as u64));
+        group.bench_function(&w.name, |bench| {
+            bench.iter(|| net.train_epoch(&order, w.batch_size).unwrap())
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, gemm, train_step);
+criterion_group!(benches, gemm, train_epoch);
 criterion_main!(benches);

@@ -9,7 +9,8 @@
 //   2. mse_finalize: one block of MSE_THREADS threads sums the `num_partials` partials (again a fixed tree)
 //      and writes loss[0] as float. With num_partials == 0 (an empty batch) it writes 0.
 // `partials` is the backend's own scratch buffer of MSE_MAX_BLOCKS doubles; stream order makes reusing it
-// safe. The two constants must match MSE_THREADS / MSE_MAX_BLOCKS in src/backend/cuda.rs.
+// safe; `sum_squares` (constraints.cu) writes its per-block partials there too and ends with mse_finalize.
+// The two constants must match MSE_THREADS / MSE_MAX_BLOCKS in src/backend/cuda.rs.
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/loss.cu -o loss.ptx
 #include "common.cuh"

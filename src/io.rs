@@ -15,6 +15,8 @@ use crate::activation::Activation;
 use crate::data::{ColumnSelector, Normalization, NormalizeKind};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
+use crate::optim::Optimizer;
+use crate::train::{Constraints, FitState, OptimizerState};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -36,6 +38,61 @@ pub struct ModelFile {
     pub ignore: Vec<ColumnSelector>,
     /// Free-form facts about the run (optimizer, epochs, final loss, device), shown by `summary`.
     pub training: BTreeMap<String, String>,
+    /// What `train --resume` needs to continue exactly where the run stopped.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// The training state saved with a model: the run's settings, where it stands, and the optimizer state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub settings: RunSettings,
+    pub state: FitState,
+    pub optimizer_state: OptimizerState,
+    /// (epoch, loss, val_loss) of every epoch so far, for plots that span resumed runs.
+    pub history: Vec<(usize, f64, Option<f64>)>,
+}
+
+/// The settings a resumed run takes from its checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunSettings {
+    pub data: PathBuf,
+    pub optimizer: String,
+    pub lr: f32,
+    pub momentum: f32,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub val_split: Option<f64>,
+    pub patience: Option<usize>,
+    pub orthogonality: f32,
+    pub uncorrelated: f32,
+    pub unit_norm: bool,
+}
+
+impl RunSettings {
+    pub fn optimizer(&self) -> Result<Optimizer> {
+        Optimizer::from_flags(&self.optimizer, Some(self.lr), self.momentum)
+    }
+    pub fn constraints(&self) -> Constraints {
+        Constraints {
+            orthogonality: self.orthogonality,
+            uncorrelated: self.uncorrelated,
+            unit_norm: self.unit_norm,
+        }
+    }
+}
+
+/// The JSON of a checkpoint's metadata (the tensors hold the optimizer state and best weights).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointMeta {
+    settings: RunSettings,
+    epochs_done: usize,
+    step_in_epoch: usize,
+    steps_done: u64,
+    best_loss: Option<f64>,
+    best_epoch: usize,
+    history: Vec<(usize, f64, Option<f64>)>,
 }
 
 /// Writes `path` atomically: `write` fills a temporary file in the same folder, which is renamed over `path`
@@ -107,6 +164,15 @@ pub fn save_model(path: &Path, model: &ModelFile) -> Result<()> {
         vec![d0],
         f32_bytes(&model.normalization.scale),
     ));
+    if let Some(ck) = &model.checkpoint {
+        let p = model.params.len();
+        for (k, buf) in ck.optimizer_state.buffers.iter().enumerate() {
+            tensors.push((format!("optimizer.state.{k}"), vec![p], f32_bytes(buf)));
+        }
+        if let Some(best) = &ck.state.best_params {
+            tensors.push(("checkpoint.best_params".into(), vec![p], f32_bytes(best)));
+        }
+    }
     let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
@@ -145,6 +211,21 @@ pub fn save_model(path: &Path, model: &ModelFile) -> Result<()> {
         "training".to_string(),
         serde_json::to_string(&model.training).expect("strings serialize"),
     );
+    if let Some(ck) = &model.checkpoint {
+        let ck_meta = CheckpointMeta {
+            settings: ck.settings.clone(),
+            epochs_done: ck.state.epochs_done,
+            step_in_epoch: ck.state.step_in_epoch,
+            steps_done: ck.optimizer_state.steps_done,
+            best_loss: ck.state.best_loss.is_finite().then_some(ck.state.best_loss),
+            best_epoch: ck.state.best_epoch,
+            history: ck.history.clone(),
+        };
+        meta.insert(
+            "checkpoint".to_string(),
+            serde_json::to_string(&ck_meta).expect("checkpoint serializes"),
+        );
+    }
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::file(path, format!("cannot serialize the model: {e}")))?;
     write_atomic(path, |w| {
@@ -350,6 +431,41 @@ pub fn load_model(path: &Path) -> Result<ModelFile> {
         Some(s) => serde_json::from_str(s).map_err(|e| bad("training", e.to_string()))?,
         None => BTreeMap::new(),
     };
+    let checkpoint = match meta.get("checkpoint") {
+        None => None,
+        Some(text) => {
+            let m: CheckpointMeta =
+                serde_json::from_str(text).map_err(|e| bad("checkpoint", e.to_string()))?;
+            let p = params.len();
+            let buffers = (0..)
+                .map_while(|k| {
+                    let name = format!("optimizer.state.{k}");
+                    st.tensor(&name)
+                        .is_ok()
+                        .then(|| tensor_f32(path, &st, &name, &[p]))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let best_params = match st.tensor("checkpoint.best_params") {
+                Ok(_) => Some(tensor_f32(path, &st, "checkpoint.best_params", &[p])?),
+                Err(_) => None,
+            };
+            Some(Checkpoint {
+                settings: m.settings,
+                state: FitState {
+                    epochs_done: m.epochs_done,
+                    step_in_epoch: m.step_in_epoch,
+                    best_loss: m.best_loss.unwrap_or(f64::INFINITY),
+                    best_epoch: m.best_epoch,
+                    best_params,
+                },
+                optimizer_state: OptimizerState {
+                    steps_done: m.steps_done,
+                    buffers,
+                },
+                history: m.history,
+            })
+        }
+    };
     Ok(ModelFile {
         spec,
         params,
@@ -357,5 +473,6 @@ pub fn load_model(path: &Path) -> Result<ModelFile> {
         feature_names,
         ignore: ignore.iter().map(|s| ColumnSelector::parse(s)).collect(),
         training,
+        checkpoint,
     })
 }

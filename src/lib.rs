@@ -13,11 +13,13 @@
 pub mod activation;
 pub mod app;
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod io;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,19 +1,22 @@
 //! The `tiedae` command line: flags in, library calls, output out.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tiedae::activation::Activation;
 use tiedae::app::{self, DeviceChoice};
 use tiedae::backend::{cuda, Backend, CpuBackend};
-use tiedae::data::{load_csv, Normalization, NormalizeKind};
+use tiedae::data::{load_csv, ColumnSelector, Dataset, Normalization, NormalizeKind};
 use tiedae::error::Error;
-use tiedae::io::{self, ModelFile};
+use tiedae::io::{self, Checkpoint, ModelFile, RunSettings};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{Network, TrainConfig};
+use tiedae::train::{
+    epoch_order, FitEnd, FitOptions, FitState, Network, OptimizerState, Stop, TrainConfig,
+};
 use tiedae::with_backend;
 
 #[derive(Parser)]
@@ -31,11 +34,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a tied autoencoder on a CSV file and write the model (safetensors).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Reconstruction MSE of a model on a CSV file.
     Eval(EvalArgs),
     /// Write the codes (the encoder's output) of every row to a CSV file.
     Encode(EncodeArgs),
+    /// Reconstruct every row (in the data's own units); with --per-row-error, rank rows by their error.
+    Reconstruct(ReconstructArgs),
     /// A Keras-like table of a model's layers; the tied kernel is counted once.
     Summary {
         #[arg(long)]
@@ -50,16 +55,23 @@ enum Command {
     },
     /// The GPUs this machine has and how this binary was built.
     Info,
+    /// Time training epochs (seed, digits, mnist workloads) on the CPU and the GPU.
+    Bench(tiedae::bench::BenchArgs),
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Training data: CSV, header detected.
-    #[arg(long)]
-    data: PathBuf,
-    /// Where to write the model (safetensors); written only when training succeeds.
-    #[arg(long)]
-    out: PathBuf,
+    /// Training data: CSV, header detected. With --resume, defaults to the checkpoint's data file.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Where to write the model (safetensors): after every epoch and at the end, atomically. With --resume,
+    /// defaults to the file resumed from.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue a run from the model file it wrote, to --epochs epochs in all; its settings (model,
+    /// optimizer, batch size, seed, validation split, constraints) come from the file.
+    #[arg(long, conflicts_with = "init")]
+    resume: Option<PathBuf>,
     /// Widths of the encoder's layers after the input, the last being the code size: e.g. 32,8.
     #[arg(long, default_value = "32,8")]
     layers: String,
@@ -83,9 +95,10 @@ struct TrainArgs {
     momentum: f32,
     #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     batch_size: i64,
+    /// Epochs in all (with --resume: including those already done).
     #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     epochs: i64,
-    /// Seed for the initial weights and the shuffling: runs are reproducible.
+    /// Seed for the initial weights, the validation split and the shuffling: runs are reproducible.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Batches in file order (no shuffling).
@@ -100,6 +113,28 @@ struct TrainArgs {
     /// none|standard|minmax; the statistics are stored in the model and applied again by eval and encode.
     #[arg(long, default_value = "none")]
     normalize: NormalizeKind,
+    /// Hold out this fraction of the rows (seeded) and report the validation loss every epoch.
+    #[arg(long, allow_negative_numbers = true)]
+    val_split: Option<f64>,
+    /// Stop when the validation loss (or the training loss, without --val-split) has not improved for N
+    /// epochs, and keep the best epoch's weights.
+    #[arg(long, allow_negative_numbers = true)]
+    patience: Option<i64>,
+    /// Add λ·‖WᵀW − I‖_F per kernel (orthogonal kernel columns, as PCA's).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    orthogonality: f32,
+    /// Add λ·Σ_{i≠j} Cov(codes)_ij² over each batch (uncorrelated codes, as PCA's).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    uncorrelated: f32,
+    /// Project every kernel column to norm 1 after each step.
+    #[arg(long)]
+    unit_norm: bool,
+    /// Append one JSON line per epoch: epoch, loss, val_loss, seconds, samples_per_s.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// Draw the loss curves to this PNG at the end (and when stopped).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// cpu|cuda|auto.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -131,6 +166,23 @@ struct EncodeArgs {
     device: DeviceChoice,
 }
 
+#[derive(Args)]
+struct ReconstructArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    /// Output CSV: the ignored columns as they were, then the reconstructed features.
+    #[arg(long)]
+    out: PathBuf,
+    /// Add each row's reconstruction error (MSE in the model's normalized units) and its row number, and
+    /// sort the rows from the worst reconstructed: the usual way to find anomalies.
+    #[arg(long)]
+    per_row_error: bool,
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
 fn main() {
     // The CPU GEMM (matrixmultiply) reads its thread count from the environment: use every core unless the
     // user said otherwise.
@@ -156,12 +208,14 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(args) => train(args),
+        Command::Train(args) => train(*args),
         Command::Eval(args) => eval(args),
         Command::Encode(args) => encode(args),
+        Command::Reconstruct(args) => reconstruct(args),
         Command::Summary { model } => summary(&model),
         Command::Demo { device, seed } => demo(device, seed),
         Command::Info => info(),
+        Command::Bench(args) => Ok(tiedae::bench::run(&args)?),
     }
 }
 
@@ -216,16 +270,52 @@ fn check_out_path(flag: &str, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn train(a: TrainArgs) -> Result<()> {
+/// Everything a run needs, from fresh flags or from a checkpoint.
+struct Run {
+    spec: ModelSpec,
+    params: Vec<f32>,
+    normalization: Normalization,
+    settings: RunSettings,
+    ignore: Vec<ColumnSelector>,
+    feature_names: Vec<String>,
+    state: FitState,
+    optimizer_state: Option<OptimizerState>,
+    history: Vec<(usize, f64, Option<f64>)>,
+    out: PathBuf,
+}
+
+fn fresh_run(a: &TrainArgs, epochs: usize) -> Result<(Run, Dataset)> {
     let batch_size = positive("--batch-size", a.batch_size)?;
-    let epochs = positive("--epochs", a.epochs)?;
     let optimizer = Optimizer::from_flags(&a.optimizer, a.lr, a.momentum)?;
     let code_widths = parse_layers(&a.layers)?;
-    check_out_path("--out", &a.out)?;
+    let patience = a.patience.map(|p| positive("--patience", p)).transpose()?;
+    let val_split = match a.val_split {
+        Some(f) if !(f > 0.0 && f < 1.0) => {
+            return Err(Error::flag(
+                "--val-split",
+                format!("must be a fraction between 0 and 1, got {f}"),
+            )
+            .into())
+        }
+        other => other,
+    };
+    for (flag, v) in [
+        ("--orthogonality", a.orthogonality),
+        ("--uncorrelated", a.uncorrelated),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::flag(flag, format!("must be a number ≥ 0, got {v}")).into());
+        }
+    }
+    let data_path = a
+        .data
+        .clone()
+        .expect("clap requires --data without --resume");
+    let out = a.out.clone().expect("clap requires --out without --resume");
+    check_out_path("--out", &out)?;
     let ignore = app::ignore_list(a.ignore_columns.as_deref());
-    let mut data = load_csv(&a.data, &ignore)?;
+    let data = load_csv(&data_path, &ignore)?;
     let normalization = Normalization::fit(a.normalize, &data);
-    normalization.apply(&mut data);
     let mut widths = vec![data.cols];
     widths.extend(code_widths);
     let spec = ModelSpec::new(widths, a.activation, a.code_activation, a.output_activation)?;
@@ -233,54 +323,343 @@ fn train(a: TrainArgs) -> Result<()> {
         Some(path) => io::load_weights(path, &spec)?,
         None => spec.glorot_init(a.seed),
     };
-    let device = app::resolve_device(a.device)?;
-    let cfg = TrainConfig {
+    let (name, lr, momentum) = match optimizer {
+        Optimizer::Sgd { lr, momentum } => ("sgd", lr, momentum),
+        Optimizer::Adam { lr, .. } => ("adam", lr, 0.0),
+    };
+    let settings = RunSettings {
+        data: data_path,
+        optimizer: name.into(),
+        lr,
+        momentum,
         batch_size,
         epochs,
-        optimizer,
-        shuffle: !a.no_shuffle,
-        constraints: Default::default(),
         seed: a.seed,
+        shuffle: !a.no_shuffle,
+        val_split,
+        patience,
+        orthogonality: a.orthogonality,
+        uncorrelated: a.uncorrelated,
+        unit_norm: a.unit_norm,
     };
-    let progress = Progress::new(epochs as u64);
-    let (trained, reports, device_name) = with_backend!(device, |backend| {
+    let run = Run {
+        spec,
+        params,
+        normalization,
+        settings,
+        ignore,
+        feature_names: data.feature_names.clone(),
+        state: FitState::default(),
+        optimizer_state: None,
+        history: Vec::new(),
+        out,
+    };
+    Ok((run, data))
+}
+
+fn resumed_run(a: &TrainArgs, from: &Path, epochs: usize) -> Result<(Run, Dataset)> {
+    let model = io::load_model(from)?;
+    let ck = model.checkpoint.ok_or_else(|| {
+        Error::file(
+            from,
+            "holds no training state to resume from (use --init to start from its weights)",
+        )
+    })?;
+    if epochs <= ck.state.epochs_done {
+        return Err(Error::flag(
+            "--epochs",
+            format!(
+                "{} already did {} epoch(s); ask for more to continue (--epochs counts every epoch of the run)",
+                from.display(),
+                ck.state.epochs_done
+            ),
+        )
+        .into());
+    }
+    let mut settings = ck.settings;
+    settings.epochs = epochs;
+    if let Some(data) = &a.data {
+        settings.data = data.clone();
+    }
+    let out = a.out.clone().unwrap_or_else(|| from.to_path_buf());
+    check_out_path("--out", &out)?;
+    let data = load_csv(&settings.data, &model.ignore)?;
+    if data.cols != model.spec.input_width() {
+        return Err(Error::file(
+            &settings.data,
+            format!(
+                "has {} feature columns, but the model resumed takes {}",
+                data.cols,
+                model.spec.input_width()
+            ),
+        )
+        .into());
+    }
+    let run = Run {
+        spec: model.spec,
+        params: model.params,
+        normalization: model.normalization,
+        settings,
+        ignore: model.ignore,
+        feature_names: model.feature_names,
+        state: ck.state,
+        optimizer_state: Some(ck.optimizer_state),
+        history: ck.history,
+        out,
+    };
+    Ok((run, data))
+}
+
+/// Splits off the validation rows: a seeded choice of `fraction` of the rows; both parts keep file order.
+fn split_validation(
+    data: &Dataset,
+    fraction: Option<f64>,
+    seed: u64,
+) -> Result<(Vec<f32>, usize, Vec<f32>, usize)> {
+    let cols = data.cols;
+    let Some(f) = fraction else {
+        return Ok((data.values.clone(), data.rows, Vec::new(), 0));
+    };
+    let n_val = ((data.rows as f64) * f).round() as usize;
+    if n_val == 0 || n_val >= data.rows {
+        return Err(Error::flag(
+            "--val-split",
+            format!(
+                "{f} of {} rows leaves {n_val} for validation and {} for training",
+                data.rows,
+                data.rows - n_val.min(data.rows)
+            ),
+        )
+        .into());
+    }
+    // A stream of its own (u64::MAX), so the split does not depend on the shuffling of any epoch.
+    let mut is_val = vec![false; data.rows];
+    for &r in &epoch_order(data.rows, seed, usize::MAX, true)[..n_val] {
+        is_val[r as usize] = true;
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (r, row) in data.values.chunks_exact(cols).enumerate() {
+        if is_val[r] { &mut val } else { &mut train }.extend_from_slice(row);
+    }
+    Ok((train, data.rows - n_val, val, n_val))
+}
+
+/// Set by Ctrl-C: training stops after the step in flight, saves and says how to resume.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn train(a: TrainArgs) -> Result<()> {
+    let epochs = positive("--epochs", a.epochs)?;
+    let (run, mut data) = match &a.resume {
+        Some(from) => resumed_run(&a, from, epochs)?,
+        None => fresh_run(&a, epochs)?,
+    };
+    let Run {
+        spec,
+        params,
+        normalization,
+        settings,
+        ignore,
+        feature_names,
+        state,
+        optimizer_state,
+        mut history,
+        out,
+    } = run;
+    normalization.apply(&mut data);
+    let optimizer = settings.optimizer()?;
+    let (train_values, train_rows, val_values, val_rows) =
+        split_validation(&data, settings.val_split, settings.seed)?;
+    let device = app::resolve_device(a.device)?;
+    let cfg = TrainConfig {
+        batch_size: settings.batch_size,
+        epochs,
+        optimizer,
+        shuffle: settings.shuffle,
+        seed: settings.seed,
+        constraints: settings.constraints(),
+    };
+    let mut metrics = match &a.metrics {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(a.resume.is_some())
+                .write(true)
+                .truncate(a.resume.is_none())
+                .open(path)
+                .map_err(|e| Error::io(path, e))?,
+        ),
+        None => None,
+    };
+    // First Ctrl-C: stop after the step in flight and save. A second one: leave at once.
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let rows_note = if val_rows > 0 {
+        format!("{train_rows} rows (+{val_rows} for validation)")
+    } else {
+        format!("{train_rows} rows")
+    };
+    let progress = Progress::new((epochs - state.epochs_done) as u64);
+    let start_state = state.clone();
+    let device_name = std::cell::RefCell::new(String::new());
+    let save = |net_params: Vec<f32>,
+                opt: OptimizerState,
+                st: &FitState,
+                history: &[(usize, f64, Option<f64>)],
+                device: &str|
+     -> Result<(), Error> {
+        let mut training = BTreeMap::new();
+        training.insert("optimizer".into(), optimizer.describe());
+        training.insert("epochs".into(), st.epochs_done.to_string());
+        training.insert("batch_size".into(), settings.batch_size.to_string());
+        if let Some(&(_, loss, val)) = history.last() {
+            training.insert("final_loss".into(), format!("{loss}"));
+            if let Some(v) = val {
+                training.insert("final_val_loss".into(), format!("{v}"));
+            }
+        }
+        training.insert("device".into(), device.to_string());
+        training.insert("data".into(), settings.data.display().to_string());
+        training.insert("rows".into(), data.rows.to_string());
+        let model = ModelFile {
+            spec: spec.clone(),
+            params: net_params,
+            normalization: normalization.clone(),
+            feature_names: feature_names.clone(),
+            ignore: ignore.clone(),
+            training,
+            checkpoint: Some(Checkpoint {
+                settings: settings.clone(),
+                state: st.clone(),
+                optimizer_state: opt,
+                history: history.to_vec(),
+            }),
+        };
+        io::save_model(&out, &model)
+    };
+    let outcome = with_backend!(device, |backend| {
+        *device_name.borrow_mut() = backend.name();
         progress.start(&format!(
-            "training {} on {} rows × {} features, {}, {}",
+            "training {} on {rows_note} × {} features, {}, {}{}",
             spec.widths
                 .iter()
                 .map(|w| w.to_string())
                 .collect::<Vec<_>>()
                 .join("→"),
-            data.rows,
             data.cols,
             optimizer.describe(),
-            backend.name()
+            backend.name(),
+            if start_state.epochs_done > 0 || start_state.step_in_epoch > 0 {
+                format!(
+                    ", resuming after epoch {} step {}",
+                    start_state.epochs_done, start_state.step_in_epoch
+                )
+            } else {
+                String::new()
+            }
         ));
-        app::fit(backend, &spec, &params, &data, &cfg, |r| {
+        let mut net = Network::new(
+            backend,
+            &spec,
+            &params,
+            settings.batch_size,
+            Some(optimizer),
+        )?;
+        if let Some(opt) = &optimizer_state {
+            net.restore_optimizer_state(opt)?;
+        }
+        net.set_data(&train_values, train_rows)?;
+        if val_rows > 0 {
+            net.set_validation(&val_values, val_rows)?;
+        }
+        let opts = FitOptions {
+            state: start_state.clone(),
+            patience: settings.patience,
+            stop: Stop {
+                flag: Some(&STOP),
+                at_step: None,
+            },
+        };
+        let outcome = net.fit_with(&cfg, opts, |r, st, net| {
             progress.epoch(r, epochs);
-            Ok(())
-        })?
+            history.push((r.epoch, r.loss, r.val_loss));
+            if let Some(file) = metrics.as_mut() {
+                let line = serde_json::json!({
+                    "epoch": r.epoch,
+                    "loss": r.loss,
+                    "val_loss": r.val_loss,
+                    "seconds": r.seconds,
+                    "samples_per_s": r.samples as f64 / r.seconds.max(1e-9),
+                });
+                writeln!(file, "{line}")
+                    .map_err(|e| Error::io(a.metrics.as_deref().unwrap_or(Path::new("-")), e))?;
+            }
+            // A checkpoint after every epoch: weights, optimizer state and where the run stands.
+            let params = net.read_params()?;
+            let opt = net.optimizer_state()?;
+            save(params, opt, st, &history, &device_name.borrow())
+        });
+        match outcome {
+            Ok(o) => {
+                // The final save: after early stopping or --patience the best weights are in `net` now.
+                let params = net.read_params()?;
+                let opt = net.optimizer_state()?;
+                save(params, opt, &o.state, &history, &device_name.borrow())?;
+                Ok(o)
+            }
+            Err(e) => Err(e),
+        }
     });
     progress.finish();
-    let last = reports.last().map(|r| r.loss).unwrap_or(f64::NAN);
-    let mut training = BTreeMap::new();
-    training.insert("optimizer".into(), optimizer.describe());
-    training.insert("epochs".into(), epochs.to_string());
-    training.insert("batch_size".into(), batch_size.to_string());
-    training.insert("final_loss".into(), format!("{last}"));
-    training.insert("device".into(), device_name);
-    training.insert("data".into(), a.data.display().to_string());
-    training.insert("rows".into(), data.rows.to_string());
-    let model = ModelFile {
-        spec,
-        params: trained,
-        normalization,
-        feature_names: data.feature_names.clone(),
-        ignore,
-        training,
+    let plot = |history: &[(usize, f64, Option<f64>)]| -> Result<()> {
+        if let Some(p) = &a.plot {
+            tiedae::plot::plot_losses(p, history)?;
+        }
+        Ok(())
     };
-    io::save_model(&a.out, &model)?;
-    println!("final loss {last:.6}; model written to {}", a.out.display());
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            if matches!(e, Error::Diverged(_)) {
+                let kept = if history.is_empty() {
+                    format!("{} was not written", out.display())
+                } else {
+                    format!(
+                        "{} holds the last good epoch ({})",
+                        out.display(),
+                        history.len()
+                    )
+                };
+                plot(&history)?;
+                return Err(anyhow::anyhow!("{e}; {kept}"));
+            }
+            return Err(e.into());
+        }
+    };
+    plot(&history)?;
+    let last = history.last().map(|h| h.1).unwrap_or(f64::NAN);
+    match outcome.end {
+        FitEnd::Completed => println!("final loss {last:.6}; model written to {}", out.display()),
+        FitEnd::EarlyStopped { best_epoch, best_loss } => println!(
+            "early stop after epoch {}: no improvement for {} epoch(s); kept epoch {best_epoch} (loss {best_loss:.6}); model written to {}",
+            outcome.state.epochs_done,
+            settings.patience.unwrap_or(0),
+            out.display()
+        ),
+        FitEnd::Interrupted => {
+            let st = &outcome.state;
+            anyhow::bail!(
+                "interrupted in epoch {} after step {}; saved to {}; resume with: tiedae train --resume {} --epochs {epochs}",
+                st.epochs_done + 1,
+                st.step_in_epoch,
+                out.display(),
+                out.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -313,12 +692,20 @@ impl Progress {
         let rate = r.samples as f64 / r.seconds.max(1e-9);
         match &self.bar {
             Some(bar) => {
-                bar.set_message(format!("loss {:.6}  {:.0} samples/s", r.loss, rate));
+                let val = r
+                    .val_loss
+                    .map(|v| format!("  val_loss {v:.6}"))
+                    .unwrap_or_default();
+                bar.set_message(format!("loss {:.6}{val}  {:.0} samples/s", r.loss, rate));
                 bar.inc(1);
             }
             None => {
+                let val = r
+                    .val_loss
+                    .map(|v| format!("  val_loss {v:.6}"))
+                    .unwrap_or_default();
                 println!(
-                    "epoch {}/{epochs}  loss {:.6}  {:.3} s  {:.0} samples/s",
+                    "epoch {}/{epochs}  loss {:.6}{val}  {:.3} s  {:.0} samples/s",
                     r.epoch, r.loss, r.seconds, rate
                 );
                 let _ = std::io::stdout().flush();
@@ -391,6 +778,71 @@ fn encode(a: EncodeArgs) -> Result<()> {
         "{} codes of width {k} written to {}",
         data.rows,
         a.out.display()
+    );
+    Ok(())
+}
+
+fn reconstruct(a: ReconstructArgs) -> Result<()> {
+    check_out_path("--out", &a.out)?;
+    let model = io::load_model(&a.model)?;
+    let data = app::load_for_model(&a.data, &model)?;
+    let device = app::resolve_device(a.device)?;
+    let result = with_backend!(device, |backend| app::evaluate(
+        backend, &model, &data, false, true
+    )?);
+    let d = data.cols;
+    let errors: Vec<f64> = data
+        .values
+        .chunks_exact(d)
+        .zip(result.reconstructions.chunks_exact(d))
+        .map(|(x, r)| {
+            x.iter()
+                .zip(r)
+                .map(|(&x, &r)| ((r - x) as f64).powi(2))
+                .sum::<f64>()
+                / d as f64
+        })
+        .collect();
+    let mut rows: Vec<usize> = (0..data.rows).collect();
+    if a.per_row_error {
+        rows.sort_by(|&i, &j| errors[j].total_cmp(&errors[i]));
+    }
+    let n_ignored = data.ignored_names.len();
+    io::write_atomic(&a.out, |w| {
+        let mut csv = csv::Writer::from_writer(w);
+        let bad = |e: csv::Error| Error::file(&a.out, e.to_string());
+        let mut header: Vec<String> = data.ignored_names.clone();
+        if a.per_row_error {
+            header.extend(["row".to_string(), "error".to_string()]);
+        }
+        header.extend(model.feature_names.iter().cloned());
+        csv.write_record(&header).map_err(bad)?;
+        let mut values = vec![0.0f32; d];
+        let mut record: Vec<String> = Vec::with_capacity(header.len());
+        for &r in &rows {
+            record.clear();
+            record.extend_from_slice(&data.ignored_values[r * n_ignored..(r + 1) * n_ignored]);
+            if a.per_row_error {
+                record.push(r.to_string());
+                record.push(errors[r].to_string());
+            }
+            values.copy_from_slice(&result.reconstructions[r * d..(r + 1) * d]);
+            model.normalization.invert_row(&mut values);
+            record.extend(values.iter().map(|v| v.to_string()));
+            csv.write_record(&record).map_err(bad)?;
+        }
+        csv.flush().map_err(|e| Error::io(&a.out, e))
+    })?;
+    let mse = errors.iter().sum::<f64>() / errors.len().max(1) as f64;
+    println!(
+        "{} reconstructions written to {} (mse {mse:.6}{})",
+        data.rows,
+        a.out.display(),
+        if a.per_row_error {
+            ", rows ranked by error, worst first"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -184,6 +184,11 @@ fn bad_flags_name_the_flag() {
             "--momentum",
         ),
         (&["--optimizer", "rmsprop"][..], "--optimizer"),
+        (&["--orthogonality", "-1"][..], "--orthogonality"),
+        (&["--uncorrelated", "nan"][..], "--uncorrelated"),
+        (&["--val-split", "1.5"][..], "--val-split"),
+        (&["--val-split", "0.001"][..], "--val-split"),
+        (&["--patience", "0"][..], "--patience"),
     ] {
         fails(&s, &train_args(&data, extra), &[flag]);
     }
@@ -268,6 +273,27 @@ fn bad_model_files() {
             "eval", "--model", &model, "--data", &wide, "--device", "cpu",
         ],
         &["wide.csv", "4 feature columns", "takes 3"],
+    );
+    // A model without training state cannot be resumed; one that did its epochs needs more of them.
+    let keras_init =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras/linear_sgd/init.safetensors");
+    fails(
+        &s,
+        &[
+            "train",
+            "--resume",
+            keras_init.to_str().unwrap(),
+            "--out",
+            "OUT",
+            "--epochs",
+            "3",
+        ],
+        &["init.safetensors"],
+    );
+    fails(
+        &s,
+        &["train", "--resume", &model, "--out", "OUT", "--epochs", "1"],
+        &["--epochs", "already did 1 epoch"],
     );
     // Keras weights alone (no metadata) are fine for --init but are not a model for eval.
     let keras =

@@ -16,6 +16,9 @@
 //!   tolerance of 1 ulp-ish (rtol 1e-6) only keeps a failure readable.
 //! - mse loss: both sum float squares in f64 then round once; rtol 1e-6.
 //! - col_sum: f32 sums in different orders over `rows` terms: atol 1e-6·rows.
+//! - The constraint ops: diagonal_affine and div_by_sqrt do the same float operations as the CPU (bitwise
+//!   equal, rtol 1e-7 keeps a failure readable); sum_squares, normalize_columns and center_columns sum in f64
+//!   in another order and round once to f32, so they agree to an ulp or two: rtol 1e-6.
 
 mod common;
 
@@ -542,6 +545,164 @@ fn gather_rows_matches_cpu() {
     }
 }
 
+// ---------------------------------------------------------------------------------------------- constraints
+
+#[test]
+fn diagonal_affine_matches_cpu() {
+    let Some(mut gpu) = gpu_backend("diagonal_affine_matches_cpu") else {
+        return;
+    };
+    for &n in &[1usize, 3, 64, 300, 1100] {
+        for (scale, shift) in [(1.0f32, -1.0f32), (0.0, 0.0), (0.5, 2.0), (-1.5, 0.25)] {
+            let mut m = values(n as u64 * 13, n * n, -2.0, 2.0);
+            if scale == 0.0 {
+                // scale 0 must not read the diagonal: a NaN there disappears.
+                (0..n).for_each(|i| m[i * (n + 1)] = f32::NAN);
+            }
+            let mut cpu = cpu();
+            let cm = put(&mut cpu, &m);
+            cpu.diagonal_affine(cm, n, scale, shift).unwrap();
+            let want = take(&mut cpu, cm, "cpu diagonal_affine");
+            let gm = put(&mut gpu, &m);
+            gpu.diagonal_affine(gm, n, scale, shift).unwrap();
+            let got = take(&mut gpu, gm, "gpu diagonal_affine");
+            assert!(want.iter().all(|x| !x.is_nan()), "cpu left a NaN");
+            assert_close(
+                &format!("diagonal_affine n={n} scale={scale} shift={shift}"),
+                &got,
+                &want,
+                0.0,
+                1e-7,
+            );
+        }
+    }
+}
+
+#[test]
+fn sum_squares_matches_cpu_and_is_deterministic() {
+    let Some(mut gpu) = gpu_backend("sum_squares_matches_cpu_and_is_deterministic") else {
+        return;
+    };
+    // 300_000 > MSE_MAX_BLOCKS·MSE_THREADS: some threads take two elements. 0: the sum of nothing.
+    for &n in &[0usize, 1, 7, 1000, 256 * 784, 300_000] {
+        let x = values(n as u64 + 21, n, -3.0, 3.0);
+        let mut cpu = cpu();
+        let (cx, cs) = (put(&mut cpu, &x), put(&mut cpu, &[1.0e30]));
+        cpu.sum_squares(cx, cs).unwrap();
+        let want = take(&mut cpu, cs, "cpu sum_squares");
+        let (gx, gs) = (put(&mut gpu, &x), put(&mut gpu, &[1.0e30]));
+        gpu.sum_squares(gx, gs).unwrap();
+        let got = take(&mut gpu, gs, "gpu sum_squares");
+        assert_close(&format!("sum_squares n={n}"), &got, &want, 0.0, 1e-6);
+        let _ = take(&mut gpu, gx, "sum_squares input"); // x is read only: its padding is intact
+        gpu.sum_squares(gx, gs).unwrap();
+        let again = take(&mut gpu, gs, "gpu sum_squares again");
+        assert_eq!(
+            again[0].to_bits(),
+            got[0].to_bits(),
+            "sum_squares is not deterministic"
+        );
+    }
+}
+
+#[test]
+fn div_by_sqrt_matches_cpu() {
+    let Some(mut gpu) = gpu_backend("div_by_sqrt_matches_cpu") else {
+        return;
+    };
+    for &n in &[1usize, 1000, 1_100_000] {
+        // s > 0 divides by √s; s == 0 leaves x as it is.
+        for s in [6.25f32, 0.37, 0.0] {
+            let x = values(n as u64 + 3, n, -1.0, 1.0);
+            let mut cpu = cpu();
+            let (cx, cs) = (put(&mut cpu, &x), put(&mut cpu, &[s]));
+            cpu.div_by_sqrt(cx, cs).unwrap();
+            let want = take(&mut cpu, cx, "cpu div_by_sqrt");
+            let (gx, gs) = (put(&mut gpu, &x), put(&mut gpu, &[s]));
+            gpu.div_by_sqrt(gx, gs).unwrap();
+            let got = take(&mut gpu, gx, "gpu div_by_sqrt");
+            assert_close(&format!("div_by_sqrt n={n} s={s}"), &got, &want, 0.0, 1e-7);
+            if s == 0.0 {
+                assert_close("div_by_sqrt by 0 leaves x", &got, &x, 0.0, 0.0);
+            }
+            assert_eq!(
+                take(&mut gpu, gs, "gpu s"),
+                [s],
+                "div_by_sqrt wrote its scale"
+            );
+        }
+    }
+}
+
+#[test]
+fn normalize_columns_matches_cpu() {
+    let Some(mut gpu) = gpu_backend("normalize_columns_matches_cpu") else {
+        return;
+    };
+    for &(rows, cols) in &[
+        (1usize, 1usize),
+        (64, 8),
+        (784, 32),
+        (3, 1000),
+        (1000, 3),
+        (257, 129),
+        (5, 70),
+    ] {
+        let mut m = values(rows as u64 * 5 + cols as u64, rows * cols, -1.0, 1.0);
+        if cols > 2 {
+            // a zero column stays zero
+            (0..rows).for_each(|r| m[r * cols + 2] = 0.0);
+        }
+        let mut cpu = cpu();
+        let cm = put(&mut cpu, &m);
+        cpu.normalize_columns(cm, cols).unwrap();
+        let want = take(&mut cpu, cm, "cpu normalize_columns");
+        let gm = put(&mut gpu, &m);
+        gpu.normalize_columns(gm, cols).unwrap();
+        let got = take(&mut gpu, gm, "gpu normalize_columns");
+        assert_close(
+            &format!("normalize_columns {rows}×{cols}"),
+            &got,
+            &want,
+            1e-9,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn center_columns_matches_cpu() {
+    let Some(mut gpu) = gpu_backend("center_columns_matches_cpu") else {
+        return;
+    };
+    for &(rows, cols) in &[
+        (1usize, 1usize),
+        (256, 8),
+        (3, 1000),
+        (1000, 3),
+        (257, 129),
+        (100_000, 2),
+    ] {
+        let m = values(rows as u64 * 11 + cols as u64, rows * cols, -2.0, 3.0);
+        let mut cpu = cpu();
+        let (cm, co) = (put(&mut cpu, &m), put(&mut cpu, &vec![0.0; rows * cols]));
+        cpu.center_columns(cm, cols, co).unwrap();
+        let want = take(&mut cpu, co, "cpu center_columns");
+        let (gm, go) = (put(&mut gpu, &m), nans(&mut gpu, rows * cols));
+        gpu.center_columns(gm, cols, go).unwrap();
+        let got = take(&mut gpu, go, "gpu center_columns");
+        // |m − mean| can cancel to ~0 while the mean's last ulp differs: atol of an ulp of |m| ≤ 3.
+        assert_close(
+            &format!("center_columns {rows}×{cols}"),
+            &got,
+            &want,
+            5e-7,
+            1e-6,
+        );
+        let _ = take(&mut gpu, gm, "center_columns input");
+    }
+}
+
 // --------------------------------------------------------------------------------------------- bookkeeping
 
 #[test]
@@ -647,6 +808,11 @@ fn embedded_ptx_has_every_kernel_entry() {
         "sgd_step",
         "adam_step",
         "gather_rows",
+        "diagonal_affine",
+        "sum_squares_partials",
+        "div_by_sqrt",
+        "normalize_columns",
+        "center_columns",
     ] {
         let needle = format!(".entry {entry}(");
         let found: Vec<&str> = modules

@@ -9,6 +9,10 @@ use super::{AdamStep, Backend, BufId, Gemm, IdxId, IdxRegion, Real, Region, Tran
 use crate::activation::Activation;
 use crate::error::Result;
 
+mod fast_math;
+mod pool;
+mod sgemm;
+
 #[derive(Debug, Default)]
 pub struct CpuBackend<T: Real = f32> {
     bufs: Vec<Vec<T>>,
@@ -38,13 +42,32 @@ impl<T: Real> CpuBackend<T> {
     }
 }
 
-/// Number of threads the CPU GEMM uses (matrixmultiply reads `MATMUL_NUM_THREADS`; we default it to every
-/// core at start-up in `main`).
+/// Number of threads the CPU GEMM uses: `MATMUL_NUM_THREADS` (which `main` defaults to every core; matrixmultiply
+/// reads it too), at most the cores this process may use, 1 when unset. Read once: a step calls it per GEMM.
 pub fn gemm_threads() -> usize {
-    std::env::var("MATMUL_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::var("MATMUL_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1usize)
+            .clamp(1, cores)
+    })
+}
+
+/// `x` as f32 when T is f32 (the fast paths), else None.
+fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so this only renames the element type.
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+/// `x` as mutable f32 when T is f32, else None.
+fn as_f32_mut<T: Real>(x: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so this only renames the element type.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
 }
 
 impl<T: Real> Backend for CpuBackend<T> {
@@ -106,16 +129,24 @@ impl<T: Real> Backend for CpuBackend<T> {
         out: Region,
     ) -> Result<()> {
         assert_eq!(out.len, idx.len * cols, "gather_rows output size");
+        if cols == 0 {
+            return Ok(());
+        }
         let rows = &self.indices[idx.buf.0][idx.offset..idx.offset + idx.len];
         let mut taken = std::mem::take(&mut self.bufs[out.buf.0]);
         let src = Self::view(&self.bufs, data);
-        for (dst_row, &r) in taken[out.offset..out.offset + out.len]
-            .chunks_exact_mut(cols)
-            .zip(rows)
-        {
-            let start = r as usize * cols;
-            dst_row.copy_from_slice(&src[start..start + cols]);
-        }
+        // A large batch is copied by every thread of the pool, a chunk of rows each (cpu/pool.rs).
+        let dst = pool::SharedMut::new(&mut taken[out.offset..out.offset + out.len]);
+        // Rows are read from random places: latency-bound, so small chunks (both threads wait on misses).
+        let chunk_rows = (pool::CHUNK / 4 / cols).max(8);
+        pool::for_each_range(gemm_threads(), rows.len(), chunk_rows, &|r| {
+            // SAFETY: the ranges of one for_each_range are disjoint.
+            let dst = unsafe { dst.part(r.start * cols..r.end * cols) };
+            for (dst_row, &r) in dst.chunks_exact_mut(cols).zip(&rows[r]) {
+                let start = r as usize * cols;
+                dst_row.copy_from_slice(&src[start..start + cols]);
+            }
+        });
         self.bufs[out.buf.0] = taken;
         Ok(())
     }
@@ -151,6 +182,31 @@ impl<T: Real> Backend for CpuBackend<T> {
                 }
                 return;
             }
+            // f32 on an AVX-512 CPU: our packed, multithreaded GEMM (cpu/sgemm.rs); else matrixmultiply.
+            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && sgemm::available() {
+                // SAFETY: T is f32 (checked just above), so the casts only rename the type; the asserts
+                // above make A, B and C exactly m·k, k·n and m·n elements, the strides describe those
+                // row-major shapes, and C does not alias A or B (different buffers).
+                unsafe {
+                    sgemm::sgemm(
+                        gemm_threads(),
+                        m,
+                        k,
+                        n,
+                        g.alpha,
+                        a_in.as_ptr() as *const f32,
+                        rsa,
+                        csa,
+                        b_in.as_ptr() as *const f32,
+                        rsb,
+                        csb,
+                        g.beta,
+                        c_out.as_mut_ptr() as *mut f32,
+                        n,
+                    )
+                };
+                return;
+            }
             // SAFETY: the asserts above make A, B and C exactly m·k, k·n and m·n elements, and the strides
             // describe those row-major shapes; C does not alias A or B (different buffers).
             unsafe {
@@ -178,13 +234,32 @@ impl<T: Real> Backend for CpuBackend<T> {
     // z is (rows, cols), bias is (cols). Twin of `bias_act` in kernels/elementwise.cu.
     fn bias_act(&mut self, z: Region, cols: usize, bias: Region, act: Activation) -> Result<()> {
         assert_eq!(bias.len, cols, "bias_act bias size");
+        if cols == 0 {
+            return Ok(());
+        }
         self.with_out(z, |bufs, z| {
             let bias = Self::view(bufs, bias);
-            for row in z.chunks_exact_mut(cols) {
-                for (x, &b) in row.iter_mut().zip(bias) {
-                    *x = act.forward(*x + b);
+            let rows = z.len() / cols;
+            let z = pool::SharedMut::new(z);
+            // Chunks of rows, on every thread of the pool for a large batch (cpu/pool.rs).
+            pool::for_each_range(gemm_threads(), rows, (pool::CHUNK / cols).max(1), &|r| {
+                // Captured values copied into locals: the stores below cannot alias them, so the loops
+                // stay vectorized (the same in the closures below).
+                let (act, cols) = (act, cols);
+                // SAFETY: the ranges of one for_each_range are disjoint.
+                let z = unsafe { z.part(r.start * cols..r.end * cols) };
+                // f32 tanh: a vectorized loop instead of one libm call per element (cpu/fast_math.rs).
+                if act == Activation::Tanh {
+                    if let (Some(z), Some(bias)) = (as_f32_mut(z), as_f32(bias)) {
+                        return fast_math::bias_tanh(z, cols, bias);
+                    }
                 }
-            }
+                for row in z.chunks_exact_mut(cols) {
+                    for (x, &b) in row.iter_mut().zip(bias) {
+                        *x = act.forward(*x + b);
+                    }
+                }
+            });
         });
         Ok(())
     }
@@ -196,9 +271,19 @@ impl<T: Real> Backend for CpuBackend<T> {
             return Ok(());
         }
         self.with_out(grad, |bufs, grad| {
-            for (g, &y) in grad.iter_mut().zip(Self::view(bufs, y)) {
-                *g *= act.grad_from_output(y);
-            }
+            let y = Self::view(bufs, y);
+            let len = grad.len();
+            let grad = pool::SharedMut::new(grad);
+            pool::for_each_range(gemm_threads(), len, pool::CHUNK, &|r| {
+                // A local copy keeps the loop vectorized (see bias_act).
+                #[allow(clippy::redundant_locals)]
+                let act = act;
+                // SAFETY: the ranges of one for_each_range are disjoint.
+                let grad = unsafe { grad.part(r.clone()) };
+                for (g, &y) in grad.iter_mut().zip(&y[r]) {
+                    *g *= act.grad_from_output(y);
+                }
+            });
         });
         Ok(())
     }
@@ -216,17 +301,50 @@ impl<T: Real> Backend for CpuBackend<T> {
         assert!(pred.len == target.len && pred.len == grad.len, "mse sizes");
         let scale = T::from_f64(2.0 / count as f64);
         let sum = self.with_out(grad, |bufs, grad| {
-            let mut sum = 0.0f64;
-            for ((g, &p), &t) in grad
-                .iter_mut()
-                .zip(Self::view(bufs, pred))
-                .zip(Self::view(bufs, target))
-            {
-                let diff = p - t;
-                sum += (diff * diff).to_f64();
-                *g = scale * diff * act.grad_from_output(p);
-            }
-            sum
+            let (pred, target) = (Self::view(bufs, pred), Self::view(bufs, target));
+            let len = grad.len();
+            let grad = pool::SharedMut::new(grad);
+            // At most PARTS chunks (of at least pool::CHUNK), whose sums are added in chunk order: the loss does
+            // not depend on the thread count. Within a chunk, eight running sums (one chain would wait on
+            // every add; eight vectorize). It differs from one running sum in the last bits of the f64 only.
+            const PARTS: usize = 64;
+            let chunk = pool::CHUNK.max(len.div_ceil(PARTS));
+            let partial: [std::sync::atomic::AtomicU64; PARTS] =
+                std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0));
+            pool::for_each_range(gemm_threads(), len, chunk, &|r| {
+                let (act, scale) = (act, scale);
+                // SAFETY: the ranges of one for_each_range are disjoint.
+                let grad = unsafe { grad.part(r.clone()) };
+                let (pred, target) = (&pred[r.clone()], &target[r.clone()]);
+                let mut sums = [0.0f64; 8];
+                let body = |g: &mut T, p: T, t: T, sum: &mut f64| {
+                    let diff = p - t;
+                    *sum += (diff * diff).to_f64();
+                    *g = scale * diff * act.grad_from_output(p);
+                };
+                let mut g8 = grad.chunks_exact_mut(8);
+                let (mut p8, mut t8) = (pred.chunks_exact(8), target.chunks_exact(8));
+                for ((g, p), t) in (&mut g8).zip(&mut p8).zip(&mut t8) {
+                    for l in 0..8 {
+                        body(&mut g[l], p[l], t[l], &mut sums[l]);
+                    }
+                }
+                for (l, ((g, &p), &t)) in g8
+                    .into_remainder()
+                    .iter_mut()
+                    .zip(p8.remainder())
+                    .zip(t8.remainder())
+                    .enumerate()
+                {
+                    body(g, p, t, &mut sums[l]);
+                }
+                let s: f64 = sums.iter().sum();
+                partial[r.start / chunk].store(s.to_bits(), std::sync::atomic::Ordering::Relaxed);
+            });
+            partial
+                .iter()
+                .map(|x| f64::from_bits(x.load(std::sync::atomic::Ordering::Relaxed)))
+                .sum::<f64>()
         });
         self.bufs[loss.buf.0][loss.offset] = T::from_f64(sum);
         Ok(())
@@ -253,14 +371,20 @@ impl<T: Real> Backend for CpuBackend<T> {
         let mut vel = std::mem::take(&mut self.bufs[v.buf.0]);
         self.with_out(w, |bufs, w| {
             let g = Self::view(bufs, g);
-            for ((w, &g), v) in w
-                .iter_mut()
-                .zip(g)
-                .zip(&mut vel[v.offset..v.offset + v.len])
-            {
-                *v = -(g * lr) + *v * momentum;
-                *w += *v;
-            }
+            let len = w.len();
+            let (w, vel) = (
+                pool::SharedMut::new(w),
+                pool::SharedMut::new(&mut vel[v.offset..v.offset + v.len]),
+            );
+            pool::for_each_range(gemm_threads(), len, pool::CHUNK, &|r| {
+                let (lr, momentum) = (lr, momentum);
+                // SAFETY: the ranges of one for_each_range are disjoint.
+                let (w, vel) = unsafe { (w.part(r.clone()), vel.part(r.clone())) };
+                for ((w, &g), v) in w.iter_mut().zip(&g[r]).zip(vel) {
+                    *v = -(g * lr) + *v * momentum;
+                    *w += *v;
+                }
+            });
         });
         self.bufs[v.buf.0] = vel;
         Ok(())
@@ -276,16 +400,130 @@ impl<T: Real> Backend for CpuBackend<T> {
         let mut var = std::mem::take(&mut self.bufs[v.buf.0]);
         self.with_out(w, |bufs, w| {
             let g = Self::view(bufs, g);
-            let ms = &mut mom[m.offset..m.offset + m.len];
-            let vs = &mut var[v.offset..v.offset + v.len];
-            for (((w, &g), m), v) in w.iter_mut().zip(g).zip(ms).zip(vs) {
-                *m += (g - *m) * one_minus_b1;
-                *v += (g * g - *v) * one_minus_b2;
-                *w = *w - (*m * alpha) / (v.sqrt() + eps);
-            }
+            let len = w.len();
+            let (w, ms, vs) = (
+                pool::SharedMut::new(w),
+                pool::SharedMut::new(&mut mom[m.offset..m.offset + m.len]),
+                pool::SharedMut::new(&mut var[v.offset..v.offset + v.len]),
+            );
+            pool::for_each_range(gemm_threads(), len, pool::CHUNK, &|r| {
+                let (alpha, one_minus_b1, one_minus_b2, eps) =
+                    (alpha, one_minus_b1, one_minus_b2, eps);
+                // SAFETY: the ranges of one for_each_range are disjoint.
+                let (w, ms, vs) =
+                    unsafe { (w.part(r.clone()), ms.part(r.clone()), vs.part(r.clone())) };
+                let g = &g[r];
+                // f32: the same loop, compiled for the widest vectors this CPU has (cpu/fast_math.rs).
+                if let (Some(w), Some(g), Some(ms), Some(vs)) =
+                    (as_f32_mut(w), as_f32(g), as_f32_mut(ms), as_f32_mut(vs))
+                {
+                    return fast_math::adam(w, g, ms, vs, s);
+                }
+                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(ms).zip(vs) {
+                    *m += (g - *m) * one_minus_b1;
+                    *v += (g * g - *v) * one_minus_b2;
+                    *w = *w - (*m * alpha) / (v.sqrt() + eps);
+                }
+            });
         });
         self.bufs[m.buf.0] = mom;
         self.bufs[v.buf.0] = var;
+        Ok(())
+    }
+
+    // m is (n, n). Twin of `diagonal_affine` in kernels/constraints.cu.
+    fn diagonal_affine(&mut self, m: Region, n: usize, scale: f32, shift: f32) -> Result<()> {
+        assert_eq!(m.len, n * n, "diagonal_affine: m is not n × n");
+        let (scale, shift) = (T::from_f32(scale), T::from_f32(shift));
+        self.with_out(m, |_, m| {
+            for d in m.iter_mut().step_by(n + 1) {
+                *d = if scale == T::zero() {
+                    shift
+                } else {
+                    scale * *d + shift
+                };
+            }
+        });
+        Ok(())
+    }
+
+    // x is (n), out is (1). Twin of `sum_squares_partials` + `mse_finalize` in kernels/constraints.cu and
+    // kernels/loss.cu.
+    fn sum_squares(&mut self, x: Region, out: Region) -> Result<()> {
+        assert!(out.len >= 1, "sum_squares: the output region is empty");
+        let sum: f64 = Self::view(&self.bufs, x)
+            .iter()
+            .map(|&v| (v * v).to_f64())
+            .sum();
+        self.bufs[out.buf.0][out.offset] = T::from_f64(sum);
+        Ok(())
+    }
+
+    // x is (n), sum_sq is (1). Twin of `div_by_sqrt` in kernels/constraints.cu.
+    fn div_by_sqrt(&mut self, x: Region, sum_sq: Region) -> Result<()> {
+        assert!(sum_sq.len >= 1, "div_by_sqrt: the sum_sq region is empty");
+        let s = self.bufs[sum_sq.buf.0][sum_sq.offset];
+        if s > T::zero() {
+            let norm = s.sqrt();
+            self.with_out(x, |_, x| {
+                for v in x.iter_mut() {
+                    *v = *v / norm;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    // m is (rows, cols). Twin of `normalize_columns` in kernels/constraints.cu.
+    fn normalize_columns(&mut self, m: Region, cols: usize) -> Result<()> {
+        if cols == 0 {
+            return Ok(());
+        }
+        assert!(
+            m.len.is_multiple_of(cols),
+            "normalize_columns: {} is not rows × {cols}",
+            m.len
+        );
+        self.with_out(m, |_, m| {
+            for j in 0..cols {
+                let sum: f64 = m[j..].iter().step_by(cols).map(|&v| (v * v).to_f64()).sum();
+                if sum > 0.0 {
+                    let norm = T::from_f64(sum.sqrt());
+                    for v in m[j..].iter_mut().step_by(cols) {
+                        *v = *v / norm;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    // m and out are (rows, cols). Twin of `center_columns` in kernels/constraints.cu.
+    fn center_columns(&mut self, m: Region, cols: usize, out: Region) -> Result<()> {
+        assert_eq!(m.len, out.len, "center_columns sizes");
+        if cols == 0 || m.len == 0 {
+            return Ok(());
+        }
+        assert!(
+            m.len.is_multiple_of(cols),
+            "center_columns: {} is not rows × {cols}",
+            m.len
+        );
+        let rows = m.len / cols;
+        self.with_out(out, |bufs, out| {
+            let m = Self::view(bufs, m);
+            for j in 0..cols {
+                let sum: f64 = m[j..].iter().step_by(cols).map(|&v| v.to_f64()).sum();
+                let mean = T::from_f64(sum / rows as f64);
+                for (o, &v) in out[j..]
+                    .iter_mut()
+                    .step_by(cols)
+                    .zip(m[j..].iter().step_by(cols))
+                {
+                    *o = v - mean;
+                }
+            }
+        });
         Ok(())
     }
 

@@ -52,12 +52,15 @@ const GEMM_THREADS: u32 = 256;
 const GEMM_TILE: usize = 64;
 /// The GEMM's int indices need room for one more tile (see gemm.cu).
 const GEMM_MAX_DIM: usize = i32::MAX as usize - 128;
-/// `MSE_THREADS` in loss.cu.
+/// `MSE_THREADS` in loss.cu, and `SUM_SQUARES_THREADS` in constraints.cu (whose partials `mse_finalize` sums).
 const MSE_THREADS: u32 = 256;
-/// `MSE_MAX_BLOCKS` in loss.cu: the size of the partial-sum scratch buffer.
+/// `MSE_MAX_BLOCKS` in loss.cu: the size of the partial-sum scratch buffer (of `mse_backward` and of
+/// `sum_squares`).
 const MSE_MAX_BLOCKS: usize = 1024;
 /// `COL_SUM_TX`, `COL_SUM_TY` in reduce.cu.
 const COL_SUM_BLOCK: (u32, u32) = (32, 16);
+/// `COLUMN_TX`, `COLUMN_TY` in constraints.cu (`normalize_columns`, `center_columns`).
+const COLUMN_BLOCK: (u32, u32) = (32, 16);
 /// `gridDim.y` limit of every GPU.
 const MAX_GRID_Y: usize = 65535;
 
@@ -227,6 +230,11 @@ struct Kernels {
     sgd_step: CudaFunction,
     adam_step: CudaFunction,
     gather_rows: CudaFunction,
+    diagonal_affine: CudaFunction,
+    sum_squares_partials: CudaFunction,
+    div_by_sqrt: CudaFunction,
+    normalize_columns: CudaFunction,
+    center_columns: CudaFunction,
 }
 
 impl Kernels {
@@ -253,6 +261,11 @@ impl Kernels {
             sgd_step: get("optim", "sgd_step")?,
             adam_step: get("optim", "adam_step")?,
             gather_rows: get("data", "gather_rows")?,
+            diagonal_affine: get("constraints", "diagonal_affine")?,
+            sum_squares_partials: get("constraints", "sum_squares_partials")?,
+            div_by_sqrt: get("constraints", "div_by_sqrt")?,
+            normalize_columns: get("constraints", "normalize_columns")?,
+            center_columns: get("constraints", "center_columns")?,
         })
     }
 }
@@ -266,6 +279,20 @@ fn grid_1d(n: usize) -> LaunchConfig {
             1,
         ),
         block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The launch of the per-column kernels of constraints.cu: blocks of (COLUMN_TX, COLUMN_TY) threads, one per
+/// COLUMN_TX columns, at most [`MAX_BLOCKS`] (the kernels stride over column tiles).
+fn column_grid(cols: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            cols.div_ceil(COLUMN_BLOCK.0 as usize).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (COLUMN_BLOCK.0, COLUMN_BLOCK.1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -292,7 +319,8 @@ pub struct CudaBackend {
     /// Device bytes this backend holds: the MSE scratch, then everything asked for through `alloc` and
     /// `alloc_indices` (len·size_of, as the CPU backend counts them).
     bytes: usize,
-    /// MSE_MAX_BLOCKS per-block partial sums of `mse_backward` (a fixed cost of the backend).
+    /// MSE_MAX_BLOCKS per-block partial sums of `mse_backward` and `sum_squares` (a fixed cost of the
+    /// backend; stream order makes sharing it safe).
     mse_partials: CudaSlice<f64>,
 }
 
@@ -836,6 +864,128 @@ impl Backend for CudaBackend {
         // regions hold n floats each (asserted; checked by `ptr`) and do not overlap (asserted); AdamConfig
         // has the kernel's C layout.
         unsafe { launch.launch(grid_1d(w.len)) }.map_err(|e| self.launch_error("adam_step", e))?;
+        Ok(())
+    }
+
+    // m is (n, n): m[i, i] = scale·m[i, i] + shift. Twin of `diagonal_affine` in cpu.rs.
+    fn diagonal_affine(&mut self, m: Region, n: usize, scale: f32, shift: f32) -> Result<()> {
+        assert_eq!(m.len, n * n, "diagonal_affine: m is not n × n");
+        if n == 0 {
+            return Ok(());
+        }
+        let p_m = self.ptr(m);
+        let n_u = n as u64;
+        let mut launch = self.stream.launch_builder(&self.k.diagonal_affine);
+        launch.arg(&p_m).arg(&n_u).arg(&scale).arg(&shift);
+        // SAFETY: diagonal_affine(float* m, u64 n, float scale, float shift); m holds n·n floats (asserted;
+        // checked by `ptr`) and the kernel touches only m[i·(n + 1)] for i < n, the last being n·n − 1.
+        unsafe { launch.launch(grid_1d(n)) }
+            .map_err(|e| self.launch_error("diagonal_affine", e))?;
+        Ok(())
+    }
+
+    // x is (n), out is (1): out[0] = Σ x² (overwritten). Twin of `sum_squares` in cpu.rs. Two launches, as
+    // `mse_backward`: per-block partials into the backend's scratch, then `mse_finalize` sums them.
+    fn sum_squares(&mut self, x: Region, out: Region) -> Result<()> {
+        assert!(out.len >= 1, "sum_squares: the output region is empty");
+        let out = out.prefix(1);
+        assert_disjoint("sum_squares", out, x);
+        let blocks = x.len.div_ceil(MSE_THREADS as usize).min(MSE_MAX_BLOCKS);
+        let (p_out, (p_partials, _no_event)) =
+            (self.ptr(out), self.mse_partials.device_ptr(&self.stream));
+        if blocks > 0 {
+            let p_x = self.ptr(x);
+            let n = x.len as u64;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (MSE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = self.stream.launch_builder(&self.k.sum_squares_partials);
+            launch.arg(&p_x).arg(&p_partials).arg(&n);
+            // SAFETY: sum_squares_partials(const float* x, double* partials, u64 n); x holds n floats
+            // (checked by `ptr`); partials holds MSE_MAX_BLOCKS >= gridDim.x doubles; blockDim.x ==
+            // MSE_THREADS == SUM_SQUARES_THREADS as the kernel's shared-memory tree requires.
+            unsafe { launch.launch(cfg) }
+                .map_err(|e| self.launch_error("sum_squares_partials", e))?;
+        }
+        let num_partials = blocks as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (MSE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.k.mse_finalize);
+        launch.arg(&p_partials).arg(&num_partials).arg(&p_out);
+        // SAFETY: mse_finalize(const double* partials, u32 num_partials, float* loss); the first
+        // num_partials partials were written by the launch above (stream order), out addresses one float
+        // (checked by `ptr`); one block of MSE_THREADS threads as the kernel requires.
+        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_finalize", e))?;
+        Ok(())
+    }
+
+    // x is (n), sum_sq is (1): x /= √sum_sq[0] when sum_sq[0] > 0. Twin of `div_by_sqrt` in cpu.rs.
+    fn div_by_sqrt(&mut self, x: Region, sum_sq: Region) -> Result<()> {
+        assert!(sum_sq.len >= 1, "div_by_sqrt: the sum_sq region is empty");
+        let sum_sq = sum_sq.prefix(1);
+        assert_disjoint("div_by_sqrt", x, sum_sq);
+        if x.len == 0 {
+            return Ok(());
+        }
+        let (p_x, p_s) = (self.ptr(x), self.ptr(sum_sq));
+        let n = x.len as u64;
+        let mut launch = self.stream.launch_builder(&self.k.div_by_sqrt);
+        launch.arg(&p_x).arg(&p_s).arg(&n);
+        // SAFETY: div_by_sqrt(float* x, const float* sum_sq, u64 n); x holds n floats, sum_sq one float
+        // (both checked by `ptr`), and they do not overlap (asserted): every thread reads sum_sq[0] while
+        // others write x.
+        unsafe { launch.launch(grid_1d(x.len)) }
+            .map_err(|e| self.launch_error("div_by_sqrt", e))?;
+        Ok(())
+    }
+
+    // m is (rows, cols): m[:, j] /= ‖m[:, j]‖₂ in place. Twin of `normalize_columns` in cpu.rs.
+    fn normalize_columns(&mut self, m: Region, cols: usize) -> Result<()> {
+        if cols == 0 || m.len == 0 {
+            return Ok(());
+        }
+        assert!(
+            m.len.is_multiple_of(cols),
+            "normalize_columns: {} is not rows × {cols}",
+            m.len
+        );
+        let p_m = self.ptr(m);
+        let (rows, cols_u) = ((m.len / cols) as u64, cols as u64);
+        let mut launch = self.stream.launch_builder(&self.k.normalize_columns);
+        launch.arg(&p_m).arg(&rows).arg(&cols_u);
+        // SAFETY: normalize_columns(float* m, u64 rows, u64 cols); m holds rows·cols floats (asserted;
+        // checked by `ptr`); blockDim is (COLUMN_TX, COLUMN_TY) as the kernel's shared tile requires.
+        unsafe { launch.launch(column_grid(cols)) }
+            .map_err(|e| self.launch_error("normalize_columns", e))?;
+        Ok(())
+    }
+
+    // m and out are (rows, cols): out = m − colmean(m). Twin of `center_columns` in cpu.rs.
+    fn center_columns(&mut self, m: Region, cols: usize, out: Region) -> Result<()> {
+        assert_eq!(m.len, out.len, "center_columns sizes");
+        assert_disjoint("center_columns", out, m);
+        if cols == 0 || m.len == 0 {
+            return Ok(());
+        }
+        assert!(
+            m.len.is_multiple_of(cols),
+            "center_columns: {} is not rows × {cols}",
+            m.len
+        );
+        let (p_m, p_out) = (self.ptr(m), self.ptr(out));
+        let (rows, cols_u) = ((m.len / cols) as u64, cols as u64);
+        let mut launch = self.stream.launch_builder(&self.k.center_columns);
+        launch.arg(&p_m).arg(&p_out).arg(&rows).arg(&cols_u);
+        // SAFETY: center_columns(const float* m, float* out, u64 rows, u64 cols); m and out hold rows·cols
+        // floats each (asserted; checked by `ptr`), rows >= 1, and they do not overlap (asserted);
+        // blockDim is (COLUMN_TX, COLUMN_TY) as the kernel's shared tile requires.
+        unsafe { launch.launch(column_grid(cols)) }
+            .map_err(|e| self.launch_error("center_columns", e))?;
         Ok(())
     }
 

@@ -260,6 +260,27 @@ pub trait Backend {
         v: Region,
         step: AdamStep,
     ) -> Result<()>;
+
+    // The ops of the PCA-principle constraints (`train/constraints.rs`); their matrix products go through
+    // `gemm`. A value that depends on device data (a norm) stays on the backend: it is passed as a region of
+    // one scalar, never read back to the host.
+
+    /// m is (n, n): `m[i, i] = scale·m[i, i] + shift` for every i; the other elements are untouched.
+    /// `scale == 0` never reads the diagonal (it becomes `shift`).
+    fn diagonal_affine(&mut self, m: Region, n: usize, scale: f32, shift: f32) -> Result<()>;
+    /// x is (n), out is (1): `out[0] = Σ x[i]²` (overwritten), the float squares summed in f64 and rounded
+    /// once; 0 for an empty x.
+    fn sum_squares(&mut self, x: Region, out: Region) -> Result<()>;
+    /// x is (n), sum_sq is (1): `x[i] /= √sum_sq[0]` when `sum_sq[0] > 0`; otherwise x is left as it is
+    /// (then x is usually all zeros: sum_sq is its own sum of squares).
+    fn div_by_sqrt(&mut self, x: Region, sum_sq: Region) -> Result<()>;
+    /// m is (rows, cols): every column is divided by its Euclidean norm in place, `m[:, j] /= ‖m[:, j]‖₂`
+    /// (the float squares summed in f64, the root rounded once); a column of zeros is left as it is.
+    fn normalize_columns(&mut self, m: Region, cols: usize) -> Result<()>;
+    /// m and out are (rows, cols): `out[r, j] = m[r, j] − μ_j` with `μ_j = (1/rows)·Σ_r m[r, j]` (summed in
+    /// f64, rounded once).
+    fn center_columns(&mut self, m: Region, cols: usize, out: Region) -> Result<()>;
+
     /// Waits until every queued op has finished (a no-op on the CPU).
     fn synchronize(&mut self) -> Result<()>;
 }

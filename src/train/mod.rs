@@ -14,11 +14,40 @@ use crate::backend::{Backend, BufId, Gemm, IdxId, IdxRegion, Real, Region, Trans
 use crate::error::{Error, Result};
 use crate::model::{LayerSlots, ModelSpec};
 use crate::optim::Optimizer;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 mod constraints;
+mod fit;
 pub use constraints::Constraints;
+pub use fit::{epoch_order, FitEnd, FitOptions, FitOutcome, FitState, OptimizerState};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// When a run should stop before its epochs are done: a flag set from a signal handler (Ctrl-C), or a
+/// global step count (tests use it to interrupt a run at an exact step).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stop<'a> {
+    pub flag: Option<&'a AtomicBool>,
+    /// Stop once this many optimizer steps have been taken in all.
+    pub at_step: Option<u64>,
+}
+
+impl Stop<'_> {
+    fn now(&self, steps_done: u64) -> bool {
+        self.flag.is_some_and(|f| f.load(Ordering::Relaxed))
+            || self.at_step.is_some_and(|s| steps_done >= s)
+    }
+}
+
+/// What [`Network::train_steps`] ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepsRun {
+    /// MSE over every element of the steps that ran.
+    pub loss: f64,
+    /// Rows those steps covered.
+    pub samples: usize,
+    /// The step to continue from (the epoch's step count when it finished).
+    pub next_step: usize,
+    pub finished: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -39,8 +68,18 @@ pub struct EpochReport {
     pub epoch: usize,
     /// Mean squared error over every element seen in the epoch (Keras's reported epoch loss).
     pub loss: f64,
+    /// MSE on the validation set after the epoch, when there is one.
+    pub val_loss: Option<f64>,
     pub seconds: f64,
+    /// Rows trained on in this epoch (fewer than the training set in an interrupted or resumed epoch).
     pub samples: usize,
+}
+
+/// Which uploaded data set an op reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSet {
+    Train,
+    Validation,
 }
 
 /// A data set living on the backend: uploaded once, then read by index.
@@ -77,6 +116,7 @@ pub struct Network<B: Backend> {
     /// dec_delta[i]: gradient at decoder layer i's pre-activation, (max_batch, d_i).
     dec_delta: Vec<Region>,
     data: Option<DeviceData>,
+    validation: Option<DeviceData>,
     constraints: Constraints,
     /// Scratch buffers of the constraints, allocated on first use (see constraints.rs).
     constraint_buffers: Option<constraints::Buffers>,
@@ -144,6 +184,7 @@ impl<B: Backend> Network<B> {
             enc_delta,
             dec_delta,
             data: None,
+            validation: None,
             constraints: Constraints::default(),
             constraint_buffers: None,
         })
@@ -153,8 +194,20 @@ impl<B: Backend> Network<B> {
         &self.spec
     }
 
-    /// Uploads a data set, (rows, d_0) row-major, once. Replaces any earlier one (its memory is not reused).
+    /// Uploads the training set, (rows, d_0) row-major, once. Replaces any earlier one (its memory is not
+    /// reused).
     pub fn set_data(&mut self, values: &[f32], rows: usize) -> Result<()> {
+        self.data = Some(self.upload_data(values, rows)?);
+        Ok(())
+    }
+
+    /// Uploads a validation set, evaluated with [`Network::evaluate_set`].
+    pub fn set_validation(&mut self, values: &[f32], rows: usize) -> Result<()> {
+        self.validation = Some(self.upload_data(values, rows)?);
+        Ok(())
+    }
+
+    fn upload_data(&mut self, values: &[f32], rows: usize) -> Result<DeviceData> {
         let cols = self.spec.input_width();
         assert_eq!(values.len(), rows * cols, "data size");
         let region = alloc(&mut self.backend, values.len())?;
@@ -165,17 +218,36 @@ impl<B: Backend> Network<B> {
         self.backend.upload_indices(order, 0, &identity)?;
         let steps = rows.div_ceil(self.max_batch).max(1);
         let step_losses = alloc(&mut self.backend, steps)?;
-        self.data = Some(DeviceData {
+        Ok(DeviceData {
             values: region,
             rows,
             order,
             step_losses,
-        });
-        Ok(())
+        })
     }
 
     fn data(&self) -> &DeviceData {
-        self.data.as_ref().expect("set_data must come first")
+        self.dataset(DataSet::Train)
+    }
+
+    fn dataset(&self, which: DataSet) -> &DeviceData {
+        match which {
+            DataSet::Train => self.data.as_ref().expect("set_data must come first"),
+            DataSet::Validation => self
+                .validation
+                .as_ref()
+                .expect("set_validation must come first"),
+        }
+    }
+
+    /// Rows of the training set (0 before `set_data`).
+    pub fn train_rows(&self) -> usize {
+        self.data.as_ref().map_or(0, |d| d.rows)
+    }
+
+    /// Whether a validation set was uploaded.
+    pub fn has_validation(&self) -> bool {
+        self.validation.is_some()
     }
 
     fn kernel(&self, i: usize) -> Region {
@@ -192,9 +264,9 @@ impl<B: Backend> Network<B> {
     }
 
     /// Forward pass of rows `order[start .. start + n]` of the data set: fills `input`, `enc_out`, `dec_out`.
-    fn forward(&mut self, start: usize, n: usize) -> Result<()> {
+    fn forward(&mut self, which: DataSet, start: usize, n: usize) -> Result<()> {
         let (values, order) = {
-            let d = self.data();
+            let d = self.dataset(which);
             (d.values, d.order)
         };
         let w = self.spec.widths.clone();
@@ -395,34 +467,55 @@ impl<B: Backend> Network<B> {
     pub fn loss_and_gradient(&mut self, start: usize, n: usize) -> Result<f64> {
         assert!(n <= self.max_batch, "batch larger than max_batch");
         let slot = self.data().step_losses.prefix(1);
-        self.forward(start, n)?;
+        self.forward(DataSet::Train, start, n)?;
         self.backward(n, slot)?;
         let mut sum = [B::Scalar::zero()];
         self.backend.download(slot, &mut sum)?;
         Ok(sum[0].to_f64() / (n * self.spec.input_width()) as f64)
     }
 
-    /// One epoch over the rows in `order` (a permutation of the data set's rows), batch by batch with the
-    /// last, smaller batch kept. The order goes up once; the per-step losses come back once.
+    /// One whole epoch over the rows in `order` (a permutation of the training set's rows), batch by batch
+    /// with the last, smaller batch kept. Returns the epoch's MSE.
     pub fn train_epoch(&mut self, order: &[u32], batch_size: usize) -> Result<f64> {
+        Ok(self
+            .train_steps(order, batch_size, 0, Stop::default())?
+            .loss)
+    }
+
+    /// Steps `first_step..` of an epoch whose row order is `order`. The order goes up once; the per-step
+    /// losses come back once, at the end. When `stop` becomes true the run ends after the step in flight,
+    /// and the result says where to continue.
+    pub fn train_steps(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        first_step: usize,
+        stop: Stop<'_>,
+    ) -> Result<StepsRun> {
         assert!(batch_size <= self.max_batch && batch_size > 0);
         let (rows, idx, losses) = {
             let d = self.data();
             (d.rows, d.order, d.step_losses)
         };
         assert_eq!(order.len(), rows);
-        self.backend.upload_indices(idx, 0, order)?;
         let steps = rows.div_ceil(batch_size);
-        for s in 0..steps {
-            let start = s * batch_size;
+        assert!(first_step <= steps, "first step {first_step} of {steps}");
+        self.backend.upload_indices(idx, 0, order)?;
+        let mut next = first_step;
+        while next < steps {
+            if stop.now(self.steps_done) {
+                break;
+            }
+            let start = next * batch_size;
             let n = batch_size.min(rows - start);
-            self.forward(start, n)?;
-            self.backward(n, losses.sub(s, 1))?;
+            self.forward(DataSet::Train, start, n)?;
+            self.backward(n, losses.sub(next, 1))?;
             self.optimizer_step()?;
+            next += 1;
         }
-        let mut step_losses = vec![B::Scalar::zero(); steps];
+        let mut step_losses = vec![B::Scalar::zero(); next - first_step];
         self.backend
-            .download(losses.prefix(steps), &mut step_losses)?;
+            .download(losses.sub(first_step, next - first_step), &mut step_losses)?;
         let mut total = 0.0;
         for (s, l) in step_losses.iter().enumerate() {
             let l = l.to_f64();
@@ -430,24 +523,41 @@ impl<B: Backend> Network<B> {
                 return Err(Error::Diverged(format!(
                     "the loss became {} at step {} of {steps}",
                     if l.is_nan() { "NaN" } else { "infinite" },
-                    s + 1,
+                    first_step + s + 1,
                 )));
             }
             total += l;
         }
-        Ok(total / (rows * self.spec.input_width()) as f64)
+        let samples = (next * batch_size).min(rows) - first_step * batch_size;
+        Ok(StepsRun {
+            loss: total / (samples.max(1) * self.spec.input_width()) as f64,
+            samples,
+            next_step: next,
+            finished: next == steps,
+        })
     }
 
     /// Runs the model forward over every row in file order and calls `sink(first_row, n, codes, recon)`
     /// for each batch; also returns the reconstruction MSE over all elements.
     pub fn evaluate(
         &mut self,
+        sink: impl FnMut(usize, usize, &[B::Scalar], &[B::Scalar]),
+        want_codes: bool,
+        want_recon: bool,
+    ) -> Result<f64> {
+        self.evaluate_set(DataSet::Train, sink, want_codes, want_recon)
+    }
+
+    /// [`Network::evaluate`] on either uploaded set.
+    pub fn evaluate_set(
+        &mut self,
+        which: DataSet,
         mut sink: impl FnMut(usize, usize, &[B::Scalar], &[B::Scalar]),
         want_codes: bool,
         want_recon: bool,
     ) -> Result<f64> {
         let (rows, idx) = {
-            let d = self.data();
+            let d = self.dataset(which);
             (d.rows, d.order)
         };
         let identity: Vec<u32> = (0..rows as u32).collect();
@@ -462,7 +572,7 @@ impl<B: Backend> Network<B> {
         let mut start = 0;
         while start < rows {
             let n = self.max_batch.min(rows - start);
-            self.forward(start, n)?;
+            self.forward(which, start, n)?;
             // The loss is computed on the host here: evaluation is not the hot path and this keeps
             // inference free of gradient buffers.
             self.backend
@@ -507,40 +617,6 @@ impl<B: Backend> Network<B> {
         let mut out = vec![B::Scalar::zero(); r.len];
         self.backend.download(r, &mut out)?;
         Ok(out.iter().map(|x| x.to_f32()).collect())
-    }
-
-    /// Trains for `cfg.epochs` epochs, calling `on_epoch` after each.
-    pub fn fit(
-        &mut self,
-        cfg: &TrainConfig,
-        mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
-    ) -> Result<Vec<EpochReport>> {
-        let rows = self.data().rows;
-        self.set_constraints(cfg.constraints);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-        let mut order: Vec<u32> = (0..rows as u32).collect();
-        let mut reports = Vec::with_capacity(cfg.epochs);
-        for epoch in 1..=cfg.epochs {
-            let t0 = std::time::Instant::now();
-            if cfg.shuffle {
-                order.shuffle(&mut rng);
-            }
-            let loss = self.train_epoch(&order, cfg.batch_size).map_err(|e| match e {
-                Error::Diverged(msg) => Error::Diverged(format!(
-                    "training diverged in epoch {epoch}: {msg}; lower --lr or normalize the data (--normalize standard)"
-                )),
-                other => other,
-            })?;
-            let report = EpochReport {
-                epoch,
-                loss,
-                seconds: t0.elapsed().as_secs_f64(),
-                samples: rows,
-            };
-            on_epoch(&report)?;
-            reports.push(report);
-        }
-        Ok(reports)
     }
 }
 

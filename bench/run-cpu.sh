@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The CPU comparison of the issue, in ONE run on ONE machine: `tiedae bench --device cpu` (the three
+# workloads), the same workloads in Keras (bench/keras_reference.py) and, when torch is installed, in PyTorch
+# eager on the CPU (bench/torch_reference.py), numpy's sgemm and our GEMM at 1024³.
+# Everything runs ROUNDS times, interleaved (tiedae, Keras, numpy, our GEMM, then again), so that a slow
+# minute of a shared machine hits every side alike; the summary takes each ratio per round and reports the
+# median over rounds.
+#
+#   bench/run-cpu.sh [ROUNDS]            (default 3)
+#   PYTHON=/path/to/venv/bin/python bench/run-cpu.sh
+#
+# Needs a Python with tensorflow-cpu, numpy and threadpoolctl (e.g. python3 -m venv ~/bench-venv &&
+# ~/bench-venv/bin/pip install tensorflow-cpu numpy threadpoolctl). Writes
+#   bench/results/cpu-<machine>-<date>.jsonl   every raw JSON line, each with "round"
+#   bench/results/cpu-<machine>-<date>.md      the table and the ratios against the goals
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which some machines set for old OpenBLAS builds, are unset for the
+# numpy command only (they slow a current numpy down); its JSON line names the kernel OpenBLAS picked.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+PYTHON=${PYTHON:-python3}
+TIEDAE=${TIEDAE:-target/release/tiedae}
+
+if [ "$TIEDAE" = target/release/tiedae ]; then
+  cargo build --release --quiet
+fi
+"$PYTHON" -c 'import tensorflow, numpy' 2>/dev/null || {
+  echo "run-cpu.sh: $PYTHON lacks tensorflow or numpy; set PYTHON to a venv with tensorflow-cpu numpy threadpoolctl" >&2
+  exit 1
+}
+
+model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/([^)]*)//g' | tr 'A-Z' 'a-z' |
+  tr -cs 'a-z0-9' '-' | sed 's/^-*//; s/-*$//')
+machine="${model:-cpu}-$(nproc)c"
+date=$(date -u +%F)
+mkdir -p bench/results
+stem="bench/results/cpu-$machine-$date"
+# A second run on the same day keeps the first: the new files get the time as well.
+[ -e "$stem.jsonl" ] && stem="$stem-$(date -u +%H%M)"
+out="$stem.jsonl"
+md="$stem.md"
+: >"$out"
+
+tag() { sed "s/^{/{\"round\": $1, /" | grep '^{' | tee -a "$out"; }
+
+for r in $(seq 1 "$ROUNDS"); do
+  echo "== round $r/$ROUNDS (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+  "$TIEDAE" bench --device cpu --json | tag "$r"
+  TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" bench/keras_reference.py 2>/dev/null | tag "$r"
+  if "$PYTHON" -c 'import torch' 2>/dev/null; then # optional: PyTorch eager on the CPU, for reference
+    "$PYTHON" bench/torch_reference.py --device cpu --variants eager 2>/dev/null | tag "$r"
+  fi
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PYTHON" bench/numpy_sgemm.py --sizes 1024 | tag "$r"
+  "$TIEDAE" bench --device cpu --gemm 1024 --json | tag "$r"
+done
+
+python3 bench/summarize.py "$out" >"$md"
+echo "wrote $out and $md" >&2
+cat "$md"

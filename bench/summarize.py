@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Summarizes a bench/run-cpu.sh JSON-lines file as markdown: the median over rounds of every figure, the
+ratios of each round, and whether the issue's CPU goals hold (by the median ratio over rounds).
+
+  python3 bench/summarize.py bench/results/cpu-<machine>-<date>.jsonl > ....md
+"""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+GOALS = {"seed": 50.0, "digits": 5.0, "mnist": 3.0}
+GEMM_GOAL = 0.60
+
+
+def main(path):
+    rows = [json.loads(line) for line in open(path) if line.startswith("{")]
+    by = defaultdict(dict)  # (workload, device) -> round -> row
+    for r in rows:
+        by[(r["workload"], r["device"])][r.get("round", 1)] = r
+    rounds = sorted({r.get("round", 1) for r in rows})
+    first = rows[0] if rows else {}
+    dates = sorted({r["date"] for r in rows if "date" in r})
+    print(f"# CPU benchmark: tiedae vs Keras vs numpy\n")
+    print(f"- machine: {first.get('machine', '?')}, {first.get('cores', '?')} cores")
+    print(f"- date: {', '.join(dates) or '?'} (UTC)")
+    sides = "tiedae, Keras" + (", PyTorch" if any(d == "torch-cpu" for _, d in by) else "") + ", numpy, our GEMM"
+    print(f"- rounds: {len(rounds)} ({sides}, interleaved); figures are medians over rounds")
+    print("- command: `bench/run-cpu.sh` (`tiedae bench --device cpu --json`, `bench/keras_reference.py`, ...)")
+    for (w, d), per in sorted(by.items()):
+        if d == "keras-cpu":
+            print(f"- Keras: {next(iter(per.values())).get('device_name', '?')}")
+            break
+    for (w, d), per in sorted(by.items()):
+        if d == "torch-cpu":
+            print(f"- PyTorch (eager, for reference; no goal): {next(iter(per.values())).get('device_name', '?')}")
+            break
+    for (w, d), per in sorted(by.items()):
+        if d == "numpy-cpu":
+            r = next(iter(per.values()))
+            print(
+                f"- numpy {r.get('numpy')}: {r.get('blas')} {r.get('blas_version')} "
+                f"({r.get('architecture')} kernel, {r.get('blas_threads')} threads)"
+            )
+            break
+    print(f"- raw lines: `{path.split('/')[-1]}`\n")
+
+    def med(workload, device, key):
+        per = by.get((workload, device), {})
+        vals = [r[key] for r in per.values() if key in r]
+        return statistics.median(vals) if vals else None
+
+    print("| workload | device | samples/s | µs/step | GFLOP/s |")
+    print("|---|---|---:|---:|---:|")
+    for w in GOALS:
+        for d in ("cpu", "keras-cpu", "torch-cpu"):
+            sps = med(w, d, "samples_per_s")
+            if sps is None:
+                continue
+            print(f"| {w} | {d} | {sps:,.0f} | {med(w, d, 'step_us'):,.1f} | {med(w, d, 'gflops'):.2f} |")
+    print()
+
+    def ratio(num, den, key, r):
+        a = by.get(num, {}).get(r)
+        b = by.get(den, {}).get(r)
+        return a[key] / b[key] if a and b else None
+
+    print("| ratio | goal | " + " | ".join(f"round {r}" for r in rounds) + " | median | holds |")
+    print("|---|---:|" + "---:|" * len(rounds) + "---:|---|")
+    verdicts = []
+    for w, goal in GOALS.items():
+        vals = [ratio((w, "cpu"), (w, "keras-cpu"), "samples_per_s", r) for r in rounds]
+        ok_vals = [v for v in vals if v is not None]
+        m = statistics.median(ok_vals) if ok_vals else None
+        holds = m is not None and m >= goal
+        verdicts.append(holds)
+        cells = " | ".join("–" if v is None else f"{v:.1f}×" for v in vals)
+        print(f"| {w}: tiedae / Keras samples/s | ≥ {goal:g}× | {cells} | {'–' if m is None else f'{m:.1f}×'} | {'yes' if holds else 'NO'} |")
+    vals = [ratio(("gemm-1024", "cpu"), ("gemm-1024", "numpy-cpu"), "gflops", r) for r in rounds]
+    ok_vals = [v for v in vals if v is not None]
+    m = statistics.median(ok_vals) if ok_vals else None
+    holds = m is not None and m >= GEMM_GOAL
+    verdicts.append(holds)
+    cells = " | ".join("–" if v is None else f"{v:.0%}" for v in vals)
+    print(f"| GEMM 1024³: tiedae / numpy GFLOP/s | ≥ {GEMM_GOAL:.0%} | {cells} | {'–' if m is None else f'{m:.0%}'} | {'yes' if holds else 'NO'} |")
+    for w in GOALS:
+        vals = [ratio((w, "cpu"), (w, "torch-cpu"), "samples_per_s", r) for r in rounds]
+        ok_vals = [v for v in vals if v is not None]
+        if ok_vals:
+            cells = " | ".join("–" if v is None else f"{v:.2f}×" for v in vals)
+            print(f"| {w}: tiedae / PyTorch eager samples/s | (none) | {cells} | {statistics.median(ok_vals):.2f}× | |")
+    g_ours, g_np = med("gemm-1024", "cpu", "gflops"), med("gemm-1024", "numpy-cpu", "gflops")
+    if g_ours and g_np:
+        print(f"\nGEMM 1024³ (median GFLOP/s): tiedae {g_ours:.1f}, numpy {g_np:.1f}.")
+    print(f"\nAll goals hold: {'yes' if all(verdicts) else 'no'}.")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

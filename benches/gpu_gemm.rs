@@ -1,0 +1,191 @@
+//! Our CUDA GEMM (kernels/gemm.cu, through the `Backend` trait) against cuBLAS SGEMM (cudarc's cublas, used
+//! by this benchmark only), at 1024³, 4096³ and the shapes a training step of the `tiedae bench` workloads
+//! runs, in every transposition those use; then one training epoch per workload on the GPU.
+//! `cargo bench --bench gpu_gemm`. Without a usable GPU it prints SKIPPED and exits successfully.
+//!
+//! Timing: criterion's `iter_custom`, with the stream synchronized before the clock is read, so queued work
+//! is always counted. Row-major C = op(A)·op(B) is computed by cuBLAS (column-major) as Cᵀ = op(B)ᵀ·op(A)ᵀ:
+//! the stored row-major matrices are already the column-major transposes, so only the operands swap.
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
+use std::time::{Duration, Instant};
+use tiedae::backend::cuda::CudaBackend;
+use tiedae::backend::{Backend, Gemm, Region, Trans};
+use tiedae::bench::{synthetic_data, Workload};
+use tiedae::train::Network;
+
+/// (m, n, k, op(A), op(B)) of every GEMM in a training step of `w` (batch rows, widths d_i):
+/// encoder h·W (NN), decoder g·Wᵀ (NT), dW = dzᵀ·x (TN), input gradients dz·W (NN) and dz·Wᵀ (NT).
+fn step_shapes(w: &Workload) -> Vec<(usize, usize, usize, Trans, Trans)> {
+    let b = w.batch_size;
+    let mut v = Vec::new();
+    for d in w.widths.windows(2) {
+        let (i, o) = (d[0], d[1]);
+        for s in [
+            (b, o, i, Trans::N, Trans::N),
+            (b, i, o, Trans::N, Trans::T),
+            (i, o, b, Trans::T, Trans::N),
+        ] {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+    }
+    v
+}
+
+fn gemm_shapes() -> Vec<(usize, usize, usize, Trans, Trans)> {
+    let mut v = vec![
+        (1024, 1024, 1024, Trans::N, Trans::N),
+        (4096, 4096, 4096, Trans::N, Trans::N),
+    ];
+    for w in Workload::builtin().iter().filter(|w| w.name != "seed") {
+        for s in step_shapes(w) {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+    }
+    v
+}
+
+fn label(m: usize, n: usize, k: usize, ta: Trans, tb: Trans) -> String {
+    format!("{m}x{n}x{k}:{ta:?}{tb:?}")
+}
+
+fn op(t: Trans) -> cublasOperation_t {
+    match t {
+        Trans::N => cublasOperation_t::CUBLAS_OP_N,
+        Trans::T => cublasOperation_t::CUBLAS_OP_T,
+    }
+}
+
+fn bench_gemm(c: &mut Criterion) {
+    let mut ours = CudaBackend::new(0).expect("CUDA backend");
+    let stream = ours.context().new_stream().expect("a stream for cuBLAS");
+    let blas = CudaBlas::new(stream.clone()).expect("cuBLAS handle");
+    let mut group = c.benchmark_group("gpu_gemm");
+    group.sample_size(20);
+    for (m, n, k, ta, tb) in gemm_shapes() {
+        let id = label(m, n, k, ta, tb);
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        let host_a = synthetic_data(m, k, 1);
+        let host_b = synthetic_data(k, n, 2);
+
+        // Ours, through the Backend trait.
+        let a = Region::whole(ours.alloc(m * k).unwrap(), m * k);
+        let b = Region::whole(ours.alloc(k * n).unwrap(), k * n);
+        let cr = Region::whole(ours.alloc(m * n).unwrap(), m * n);
+        ours.upload(a, &host_a).unwrap();
+        ours.upload(b, &host_b).unwrap();
+        let g = Gemm {
+            trans_a: ta,
+            trans_b: tb,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        group.bench_function(BenchmarkId::new("ours", &id), |bench| {
+            bench.iter_custom(|iters| {
+                ours.synchronize().unwrap();
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    ours.gemm(g, a, b, cr).unwrap();
+                }
+                ours.synchronize().unwrap();
+                t0.elapsed()
+            })
+        });
+
+        // cuBLAS: column-major Cᵀ (n×m) = op(B)ᵀ (n×k) · op(A)ᵀ (k×m) on the same row-major buffers.
+        let da = stream.clone_htod(&host_a).unwrap();
+        let db = stream.clone_htod(&host_b).unwrap();
+        let mut dc = stream.alloc_zeros::<f32>(m * n).unwrap();
+        let cfg = GemmConfig {
+            transa: op(tb),
+            transb: op(ta),
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: 1.0f32,
+            lda: if tb == Trans::N { n } else { k } as i32,
+            ldb: if ta == Trans::N { k } else { m } as i32,
+            beta: 0.0f32,
+            ldc: n as i32,
+        };
+        group.bench_function(BenchmarkId::new("cublas", &id), |bench| {
+            bench.iter_custom(|iters| {
+                stream.synchronize().unwrap();
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    // SAFETY: the buffers hold m·k, k·n and m·n floats, which the leading dimensions above
+                    // describe for these shapes and operations.
+                    unsafe { blas.gemm(cfg, &db, &da, &mut dc) }.unwrap();
+                }
+                stream.synchronize().unwrap();
+                t0.elapsed()
+            })
+        });
+
+        // The two must agree (same product, different summation orders).
+        let mut mine = vec![0.0f32; m * n];
+        ours.download(cr, &mut mine).unwrap();
+        let theirs = stream.clone_dtoh(&dc).unwrap();
+        let worst = mine
+            .iter()
+            .zip(&theirs)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "{id}: ours and cuBLAS differ by {worst}");
+    }
+    group.finish();
+}
+
+fn bench_train(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gpu_train_epoch");
+    group.sample_size(10);
+    for w in Workload::builtin() {
+        let spec = w.spec().unwrap();
+        let backend = CudaBackend::new(0).expect("CUDA backend");
+        let mut net = Network::new(
+            backend,
+            &spec,
+            &spec.glorot_init(0),
+            w.batch_size,
+            Some(w.optimizer),
+        )
+        .unwrap();
+        net.set_data(&synthetic_data(w.rows, w.widths[0], 7), w.rows)
+            .unwrap();
+        let order: Vec<u32> = (0..w.rows as u32).collect();
+        net.train_epoch(&order, w.batch_size).unwrap(); // warm-up
+        group.throughput(Throughput::Elements(w.rows as u64));
+        group.bench_function(&w.name, |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t0 = Instant::now();
+                    // train_epoch downloads the per-step losses, which waits for the stream.
+                    net.train_epoch(&order, w.batch_size).unwrap();
+                    total += t0.elapsed();
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+fn main() {
+    if let Err(e) = tiedae::app::check_cuda(0) {
+        println!("gpu_gemm: SKIPPED ({e})");
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench_gemm(&mut c);
+    bench_train(&mut c);
+    c.final_summary();
+}

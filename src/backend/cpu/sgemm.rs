@@ -1,0 +1,509 @@
+//! The CPU backend's f32 GEMM on x86-64 with AVX-512: a 12×32 register-blocked micro-kernel, packed B
+//! panels in buffers reused across calls (no allocation in a training step once warm), and the backend's
+//! thread pool (pool.rs) splitting large products across the cores. Machines without AVX-512 keep
+//! matrixmultiply.
+//!
+//! Layouts: `C = alpha·op(A)·op(B) + beta·C`, op(A) m×k read as `a[i·rsa + p·csa]`, op(B) k×n read as
+//! `b[p·rsb + j·csb]`, C m×n row-major with leading dimension `ldc`. `beta == 0` never reads C.
+//!
+//! Blocking (BLIS's loop order): for each NC-wide column block of C and each KC-deep slice of k, op(B) is
+//! packed into NR-wide panels (`[panel][p][NR]`, zero-padded); for each MC-tall row block, the micro-kernel
+//! computes one MR×NR tile of C from MR rows of op(A) and one B panel, with the MR·NR/16 = 24 accumulators
+//! held in zmm registers. op(A) is read in place, since the kernel only broadcasts its elements (packing it
+//! cost more than it saved at the narrow widths of the workloads); only a last panel of fewer than MR rows
+//! is copied and zero-padded. Every element of C is summed in the same order whatever the thread split, so
+//! the result does not depend on the thread count.
+
+use super::pool;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Rows of a micro-tile (one broadcast of A each per k).
+const MR: usize = 12;
+/// Columns of a micro-tile: two zmm vectors of 16 f32.
+const NR: usize = 32;
+/// Depth of a packed slice: a B panel (KC·NR·4 = 32 KiB) stays in L1 while the A panels stream from L2.
+const KC: usize = 256;
+/// Rows of a packed A block (MC·KC·4 = 144 KiB, in L2).
+const MC: usize = 144;
+/// Columns of a packed B block (KC·NC·4 = 1 MiB, in L2/L3).
+const NC: usize = 1024;
+/// Products below this many multiply-adds run on the calling thread alone: waking a helper costs more.
+const PARALLEL_MIN_MACS: usize = 1 << 19;
+
+/// Whether this CPU runs the AVX-512 kernel (checked once).
+pub fn available() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Raw operands of one GEMM, shared by the threads that compute parts of it.
+#[derive(Clone, Copy)]
+struct Operands {
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+}
+
+// SAFETY: the pointers are only dereferenced inside `sgemm`'s call, while the caller's borrows are alive, and
+// the threads write disjoint parts of C.
+unsafe impl Send for Operands {}
+unsafe impl Sync for Operands {}
+
+/// `C = alpha·op(A)·op(B) + beta·C` (see the module doc), on `threads` threads at most.
+///
+/// # Safety
+/// `available()` must be true; the pointers with their strides must cover op(A) m×k, op(B) k×n and C m×n
+/// (leading dimension `ldc ≥ n`), and C must not overlap A or B.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let ops = Operands {
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        rsa,
+        csa,
+        b,
+        rsb,
+        csb,
+        beta,
+        c,
+        ldc,
+    };
+    if k == 0 {
+        // SAFETY: C covers m×n with leading dimension ldc (caller's contract).
+        unsafe { scale_c(&ops) };
+        return;
+    }
+    let row_tiles = m.div_ceil(MR);
+    let col_tiles = n.div_ceil(NR);
+    let threads = if m * n * k < PARALLEL_MIN_MACS {
+        1
+    } else {
+        threads
+    };
+    if threads > 1 {
+        // Column chunks share nothing (each packs its own part of B; A is read in place), so C is cut into
+        // several per thread and handed out dynamically. With few column tiles, C is cut by rows into one
+        // part per thread instead (each part packs all of B, which is small then).
+        let split_cols = col_tiles >= 2 * threads;
+        let tiles = if split_cols { col_tiles } else { row_tiles };
+        let chunks = if split_cols {
+            tiles.min(4 * threads)
+        } else {
+            threads
+        };
+        let work = |t: usize| {
+            let (lo, hi) = (tiles * t / chunks, tiles * (t + 1) / chunks);
+            if lo == hi {
+                return;
+            }
+            let mut part = ops;
+            if split_cols {
+                let (j0, j1) = (lo * NR, (hi * NR).min(n));
+                part.n = j1 - j0;
+                // SAFETY: j0 < n, so these stay inside op(B) and C.
+                part.b = unsafe { ops.b.offset(j0 as isize * ops.csb) };
+                part.c = unsafe { ops.c.add(j0) };
+            } else {
+                let (i0, i1) = (lo * MR, (hi * MR).min(m));
+                part.m = i1 - i0;
+                // SAFETY: i0 < m, so these stay inside op(A) and C.
+                part.a = unsafe { ops.a.offset(i0 as isize * ops.rsa) };
+                part.c = unsafe { ops.c.add(i0 * ops.ldc) };
+            }
+            // SAFETY: `part` is a sub-product of the caller's valid operands; chunks write disjoint parts of C.
+            unsafe { gemm_serial(&part) }
+        };
+        pool::for_each(threads, chunks, &work);
+        return;
+    }
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { gemm_serial(&ops) }
+}
+
+/// `C = beta·C` (k = 0).
+unsafe fn scale_c(o: &Operands) {
+    for i in 0..o.m {
+        // SAFETY: row i of C holds n elements (caller's contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(o.c.add(i * o.ldc), o.n) };
+        for x in row {
+            *x = if o.beta == 0.0 { 0.0 } else { *x * o.beta };
+        }
+    }
+}
+
+thread_local! {
+    /// Packed A and B of this thread, kept between calls.
+    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// One thread's GEMM over the whole of `o`.
+unsafe fn gemm_serial(o: &Operands) {
+    PACK.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (apack, bpack) = &mut *guard;
+        let a_need = MR * KC.min(o.k);
+        let b_need = NC.min(o.n.div_ceil(NR) * NR) * KC.min(o.k);
+        if apack.len() < a_need {
+            apack.resize(a_need, 0.0);
+        }
+        if bpack.len() < b_need {
+            bpack.resize(b_need, 0.0);
+        }
+        for jc in (0..o.n).step_by(NC) {
+            let nc = NC.min(o.n - jc);
+            for pc in (0..o.k).step_by(KC) {
+                let kc = KC.min(o.k - pc);
+                // The first k-slice applies the caller's beta; later slices add to what is there.
+                let beta = if pc == 0 { o.beta } else { 1.0 };
+                // SAFETY: rows pc..pc+kc and columns jc..jc+nc are inside op(B).
+                unsafe {
+                    pack_b(
+                        bpack,
+                        o.b.offset(pc as isize * o.rsb + jc as isize * o.csb),
+                        o.rsb,
+                        o.csb,
+                        kc,
+                        nc,
+                    )
+                };
+                for ic in (0..o.m).step_by(MC) {
+                    let mc = MC.min(o.m - ic);
+                    // op(A) is read in place (the kernel only broadcasts its elements); only a last panel
+                    // of fewer than MR rows is copied, zero-padded, so the kernel never reads past A.
+                    let full = mc / MR * MR;
+                    if full < mc {
+                        // SAFETY: rows ic+full..ic+mc and columns pc..pc+kc are inside op(A).
+                        unsafe {
+                            pack_a(
+                                apack,
+                                o.a.offset((ic + full) as isize * o.rsa + pc as isize * o.csa),
+                                o.rsa,
+                                o.csa,
+                                mc - full,
+                                kc,
+                            )
+                        };
+                    }
+                    for ir in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - ir);
+                        let (ap, rsa, csa) = if ir < full {
+                            // SAFETY: row ic+ir and column pc are inside op(A).
+                            let ap = unsafe {
+                                o.a.offset((ic + ir) as isize * o.rsa + pc as isize * o.csa)
+                            };
+                            (ap, o.rsa, o.csa)
+                        } else {
+                            (apack.as_ptr(), 1, MR as isize)
+                        };
+                        for jr in (0..nc).step_by(NR) {
+                            let nr = NR.min(nc - jr);
+                            let bp = &bpack[(jr / NR) * kc * NR..][..kc * NR];
+                            // SAFETY: the tile (ic+ir.., jc+jr..) of mr×nr is inside C; A has MR readable
+                            // rows of kc (in place or padded), the B panel kc·NR values; `available()` was
+                            // checked by the caller.
+                            unsafe {
+                                let c = o.c.add((ic + ir) * o.ldc + jc + jr);
+                                // A last panel of few rows runs a shorter kernel (no work on padding).
+                                let kernel = match mr {
+                                    1..=4 => kernel::<4>,
+                                    5..=8 => kernel::<8>,
+                                    _ => kernel::<MR>,
+                                };
+                                kernel(
+                                    kc,
+                                    ap,
+                                    rsa,
+                                    csa,
+                                    bp.as_ptr(),
+                                    c,
+                                    o.ldc,
+                                    mr,
+                                    nr,
+                                    o.alpha,
+                                    beta,
+                                )
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Packs op(A)[0..mc, 0..kc] (element (i, p) at `a[i·rsa + p·csa]`) into MR-row panels `[panel][p][MR]`.
+unsafe fn pack_a(dst: &mut [f32], a: *const f32, rsa: isize, csa: isize, mc: usize, kc: usize) {
+    for (panel, out) in dst[..mc.div_ceil(MR) * MR * kc]
+        .chunks_exact_mut(MR * kc)
+        .enumerate()
+    {
+        let i0 = panel * MR;
+        let rows = MR.min(mc - i0);
+        if rows < MR {
+            out.fill(0.0);
+        }
+        for i in 0..rows {
+            // SAFETY: row i0+i < mc and columns < kc are inside op(A) (caller's contract).
+            let row = unsafe { a.offset((i0 + i) as isize * rsa) };
+            for p in 0..kc {
+                out[p * MR + i] = unsafe { *row.offset(p as isize * csa) };
+            }
+        }
+    }
+}
+
+/// Packs op(B)[0..kc, 0..nc] (element (p, j) at `b[p·rsb + j·csb]`) into NR-column panels `[panel][p][NR]`.
+unsafe fn pack_b(dst: &mut [f32], b: *const f32, rsb: isize, csb: isize, kc: usize, nc: usize) {
+    for (panel, out) in dst[..nc.div_ceil(NR) * NR * kc]
+        .chunks_exact_mut(NR * kc)
+        .enumerate()
+    {
+        let j0 = panel * NR;
+        let cols = NR.min(nc - j0);
+        if csb == 1 {
+            for (p, o) in out.chunks_exact_mut(NR).enumerate() {
+                // SAFETY: row p < kc, columns j0..j0+cols < nc are inside op(B); csb == 1 makes them contiguous.
+                let src =
+                    unsafe { std::slice::from_raw_parts(b.offset(p as isize * rsb).add(j0), cols) };
+                o[..cols].copy_from_slice(src);
+                o[cols..].fill(0.0);
+            }
+        } else {
+            if cols < NR {
+                out.fill(0.0);
+            }
+            for j in 0..cols {
+                // SAFETY: column j0+j < nc and rows < kc are inside op(B).
+                let col = unsafe { b.offset((j0 + j) as isize * csb) };
+                for p in 0..kc {
+                    out[p * NR + j] = unsafe { *col.offset(p as isize * rsb) };
+                }
+            }
+        }
+    }
+}
+
+/// C[0..mr, 0..nr] = alpha·(A·Bp) + beta·C for R ≥ mr rows of A (element (i, p) at `a[i·rsa + p·csa]`, all
+/// R rows readable) and one packed B panel (kc×NR): R×32 accumulators in zmm registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for p in 0..kc {
+        // SAFETY: the B panel holds kc·NR values; A's R rows and kc columns are readable (caller).
+        let (b0, b1) = unsafe {
+            (
+                _mm512_loadu_ps(b.add(p * NR)),
+                _mm512_loadu_ps(b.add(p * NR + 16)),
+            )
+        };
+        let ap = unsafe { a.offset(p as isize * csa) };
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = _mm512_set1_ps(unsafe { *ap.offset(i as isize * rsa) });
+            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        }
+    }
+    let va = _mm512_set1_ps(alpha);
+    let vb = _mm512_set1_ps(beta);
+    let m0: __mmask16 = if nr >= 16 { 0xFFFF } else { (1u16 << nr) - 1 };
+    let m1: __mmask16 = if nr >= NR {
+        0xFFFF
+    } else if nr <= 16 {
+        0
+    } else {
+        (1u16 << (nr - 16)) - 1
+    };
+    for (i, row) in acc.iter().enumerate().take(mr) {
+        // SAFETY: row i < mr of the tile and its first nr columns are inside C; masks cover nr exactly.
+        unsafe {
+            let ci = c.add(i * ldc);
+            let mut r0 = _mm512_mul_ps(row[0], va);
+            let mut r1 = _mm512_mul_ps(row[1], va);
+            if beta != 0.0 {
+                r0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, ci), vb, r0);
+                r1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, ci.add(16)), vb, r1);
+            }
+            _mm512_mask_storeu_ps(ci, m0, r0);
+            _mm512_mask_storeu_ps(ci.add(16), m1, r1);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const R: usize>(
+    _kc: usize,
+    _a: *const f32,
+    _rsa: isize,
+    _csa: isize,
+    _b: *const f32,
+    _c: *mut f32,
+    _ldc: usize,
+    _mr: usize,
+    _nr: usize,
+    _alpha: f32,
+    _beta: f32,
+) {
+    unreachable!("sgemm::available() is false off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Naive f64 reference of the same product.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: &[f32],
+        (rsa, csa): (usize, usize),
+        b: &[f32],
+        (rsb, csb): (usize, usize),
+        beta: f32,
+        c: &[f32],
+    ) -> Vec<f32> {
+        let mut out = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    s += a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64;
+                }
+                let prev = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta as f64 * c[i * n + j] as f64
+                };
+                out[i * n + j] = (alpha as f64 * s + prev) as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_reference_every_transpose_and_edge() {
+        if !available() {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED matches_reference_every_transpose_and_edge: no AVX-512 on this CPU (matrixmultiply serves it)");
+            return;
+        }
+        let mut seed = 1u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (16, 1, 51),
+            (16, 51, 1),
+            (13, 33, 7),
+            (12, 32, 256),
+            (25, 65, 300),
+            (150, 70, 513),
+            (300, 1030, 20),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let sa = if ta { (1, m) } else { (k, 1) };
+                    let sb = if tb { (1, k) } else { (n, 1) };
+                    for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, 1.0), (-2.0, 0.25)] {
+                        for threads in [1, 2] {
+                            let mut c: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+                            if beta == 0.0 {
+                                c.iter_mut().for_each(|x| *x = f32::NAN);
+                            }
+                            let want = reference(m, k, n, alpha, &a, sa, &b, sb, beta, &c);
+                            // SAFETY: the slices cover the shapes with these strides.
+                            unsafe {
+                                sgemm(
+                                    threads,
+                                    m,
+                                    k,
+                                    n,
+                                    alpha,
+                                    a.as_ptr(),
+                                    sa.0 as isize,
+                                    sa.1 as isize,
+                                    b.as_ptr(),
+                                    sb.0 as isize,
+                                    sb.1 as isize,
+                                    beta,
+                                    c.as_mut_ptr(),
+                                    n,
+                                )
+                            };
+                            for (x, y) in c.iter().zip(&want) {
+                                let tol = 1e-5 * (k as f32).sqrt() * (1.0 + y.abs());
+                                assert!(
+                                    (x - y).abs() <= tol,
+                                    "{m}x{n}x{k} ta={ta} tb={tb} α={alpha} β={beta} t={threads}: {x} vs {y}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
