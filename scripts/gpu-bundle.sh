@@ -51,8 +51,11 @@ bin_lines="$(cargo build --release --bin tiedae --message-format=json-render-dia
 echo "gpu-bundle: building the release test executables"
 test_lines="$(cargo test --release --no-run --message-format=json-render-diagnostics | executables tests)"
 
+echo "gpu-bundle: building the GPU GEMM benchmark (ours against cuBLAS)"
+bench_lines="$(cargo bench --no-run --bench gpu_gemm --message-format=json-render-diagnostics | executables tests)"
+
 rm -rf "$bundle"
-mkdir -p "$bundle/tests"
+mkdir -p "$bundle/tests" "$bundle/benches"
 tiedae_bin="$(awk '$1 == "bin" && $2 == "tiedae" { print $3 }' <<<"$bin_lines" | tail -n 1)"
 if [ -z "$tiedae_bin" ]; then
   echo "gpu-bundle: cargo did not report the tiedae binary" >&2
@@ -76,7 +79,14 @@ if [ "$count" -eq 0 ]; then
   exit 1
 fi
 
-strip "$bundle/tiedae" "$bundle"/tests/* || echo "gpu-bundle: strip failed; bundling unstripped"
+gemm_bench="$(awk '$2 == "gpu_gemm" { print $3 }' <<<"$bench_lines" | tail -n 1)"
+if [ -z "$gemm_bench" ]; then
+  echo "gpu-bundle: cargo did not report the gpu_gemm bench executable" >&2
+  exit 1
+fi
+cp "$gemm_bench" "$bundle/benches/gpu_gemm"
+
+strip "$bundle/tiedae" "$bundle"/tests/* "$bundle/benches/gpu_gemm" || echo "gpu-bundle: strip failed; bundling unstripped"
 
 # The data beside the binaries, in the repo's layout (gpu-check.sh itself reads them from the repo root).
 mkdir -p "$bundle/data"

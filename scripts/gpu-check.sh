@@ -11,7 +11,8 @@
 # Steps: nvidia-smi, nvcc --version, tiedae info; every test executable with TIEDAE_REQUIRE_GPU=1 and
 # TIEDAE_REQUIRE_KERNELS=1 (so a missing GPU fails instead of skipping); compute-sanitizer memcheck,
 # racecheck, synccheck and initcheck on a one-epoch training run, memcheck and racecheck on the gpu_kernels
-# tests; a CPU-vs-GPU comparison (same seed) through `tiedae eval --json`.
+# tests; a CPU-vs-GPU comparison (same seed) through `tiedae eval --json`; `tiedae bench --json --device all`,
+# bench/torch_reference.py on the same GPU, and our GEMM against cuBLAS (benches/gpu_gemm).
 set -uo pipefail
 
 bundle="${1:-gpu-bundle}"
@@ -167,6 +168,23 @@ compare() {
 compare "compare-forward-cpu-vs-cuda" "$(mse_of eval-cuda-model-on-cuda)" "$(mse_of eval-cuda-model-on-cpu)" 1e-4
 # Training with the same seed on both: float rounding drifts a little over 3 epochs, no more.
 compare "compare-training-cpu-vs-cuda" "$(mse_of eval-cpu-model-on-cpu)" "$(mse_of eval-cuda-model-on-cuda)" 1e-2
+
+# --- benchmarks -----------------------------------------------------------------------------------------------
+# tiedae on every device (CPU and GPU, the same run), PyTorch on the same GPU, our GEMM against cuBLAS.
+step bench-tiedae 420 "$bundle/tiedae" bench --json --device all
+grep '^{' "$logdir/bench-tiedae.log" >"$logdir/bench-tiedae.jsonl" 2>/dev/null || true
+if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  step bench-torch 420 python3 bench/torch_reference.py --device cuda
+  grep '^{' "$logdir/bench-torch.log" >"$logdir/bench-torch.jsonl" 2>/dev/null || true
+else
+  skip bench-torch "no PyTorch with CUDA here"
+fi
+if [ -x "$bundle/benches/gpu_gemm" ]; then
+  step bench-gemm-vs-cublas 420 "$bundle/benches/gpu_gemm" --bench --warm-up-time 1 --measurement-time 2
+else
+  note bench-gemm-vs-cublas FAIL 0 "no benches/gpu_gemm in $bundle"
+  failures=$((failures + 1))
+fi
 
 echo | tee -a "$summary"
 if [ "$failures" -eq 0 ]; then

@@ -428,36 +428,35 @@ impl CudaBackend {
     /// express. No cudarc event is skipped: event tracking is off (one stream, see `new`), so the guard that
     /// `device_ptr` returns is empty.
     fn ptr(&self, r: Region) -> u64 {
-        let buf = self
-            .bufs
-            .get(r.buf.0)
-            .unwrap_or_else(|| panic!("{r:?}: no such buffer"));
-        assert!(
-            r.offset
-                .checked_add(r.len)
-                .is_some_and(|end| end <= buf.len()),
-            "{r:?} exceeds its buffer of {} elements",
-            buf.len()
-        );
-        let (base, _no_event) = buf.device_ptr(&self.stream);
-        base + (r.offset * std::mem::size_of::<f32>()) as u64
+        self.address(&self.bufs, r.buf.0, r.offset, r.len, "buffer")
     }
 
     /// The device address of `r`'s first index; see [`CudaBackend::ptr`].
     fn idx_ptr(&self, r: IdxRegion) -> u64 {
-        let buf = self
-            .indices
-            .get(r.buf.0)
-            .unwrap_or_else(|| panic!("{r:?}: no such index buffer"));
+        self.address(&self.indices, r.buf.0, r.offset, r.len, "index buffer")
+    }
+
+    /// The device address of element `offset` of `bufs[buf]`, after checking that `offset + len` fits.
+    fn address<T>(
+        &self,
+        bufs: &[CudaSlice<T>],
+        buf: usize,
+        offset: usize,
+        len: usize,
+        what: &str,
+    ) -> u64 {
+        let slice = bufs
+            .get(buf)
+            .unwrap_or_else(|| panic!("no such {what} {buf}"));
         assert!(
-            r.offset
-                .checked_add(r.len)
-                .is_some_and(|end| end <= buf.len()),
-            "{r:?} exceeds its index buffer of {} elements",
-            buf.len()
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= slice.len()),
+            "{what} {buf}: {offset}+{len} exceeds its {} elements",
+            slice.len()
         );
-        let (base, _no_event) = buf.device_ptr(&self.stream);
-        base + (r.offset * std::mem::size_of::<u32>()) as u64
+        let (base, _no_event) = slice.device_ptr(&self.stream);
+        base + (offset * std::mem::size_of::<T>()) as u64
     }
 
     fn launch_error(&self, kernel: &str, e: DriverError) -> Error {

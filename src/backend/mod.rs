@@ -90,6 +90,29 @@ pub struct Gemm {
     pub beta: f32,
 }
 
+impl Gemm {
+    /// `C = op(A)·op(B)`: α = 1, β = 0 (C is overwritten, never read).
+    pub fn new(trans_a: Trans, trans_b: Trans, m: usize, n: usize, k: usize) -> Gemm {
+        Gemm {
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+    /// The same product ADDED to C (β = 1): how the two uses of a tied kernel sum into one gradient.
+    pub fn accumulate(self) -> Gemm {
+        Gemm { beta: 1.0, ..self }
+    }
+    /// The same product scaled by `alpha`.
+    pub fn scaled(self, alpha: f32) -> Gemm {
+        Gemm { alpha, ..self }
+    }
+}
+
 /// Adam's per-step values, in Keras's form: `alpha = lr·√(1−β2ᵗ)/(1−β1ᵗ)`,
 /// `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`, `w −= alpha·m/(√v + ε)`.
 #[derive(Debug, Clone, Copy, PartialEq)]

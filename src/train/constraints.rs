@@ -95,27 +95,13 @@ impl<B: Backend> Network<B> {
         // Hc = H − colmean(H)   (n, k)
         self.backend.center_columns(code, k, hc)?;
         // Cov = HcᵀHc/(n − 1)   (k, k), then its off-diagonal part.
-        let g = Gemm {
-            trans_a: Trans::T,
-            trans_b: Trans::N,
-            m: k,
-            n: k,
-            k: n,
-            alpha: (1.0 / (n - 1) as f64) as f32,
-            beta: 0.0,
-        };
+        let g = Gemm::new(Trans::T, Trans::N, k, k, n).scaled((1.0 / (n - 1) as f64) as f32);
         self.backend.gemm(g, hc, hc, cov)?;
         self.backend.diagonal_affine(cov, k, 0.0, 0.0)?;
         // dL/dH += 4λ/(n − 1)·Hc·Offdiag(Cov)   (n, k)
-        let g = Gemm {
-            trans_a: Trans::N,
-            trans_b: Trans::N,
-            m: n,
-            n: k,
-            k,
-            alpha: (4.0 * lambda as f64 / (n - 1) as f64) as f32,
-            beta: 1.0,
-        };
+        let g = Gemm::new(Trans::N, Trans::N, n, k, k)
+            .scaled((4.0 * lambda as f64 / (n - 1) as f64) as f32)
+            .accumulate();
         self.backend.gemm(g, hc, cov, d_code)
     }
 
@@ -134,30 +120,16 @@ impl<B: Backend> Network<B> {
             let dw = self.grads.sub(slot.start, slot.len());
             let a = scratch.square.prefix(k * k);
             // A = WᵀW − I   (k, k): W is (d, k), read transposed as the first operand.
-            let g = Gemm {
-                trans_a: Trans::T,
-                trans_b: Trans::N,
-                m: k,
-                n: k,
-                k: d,
-                alpha: 1.0,
-                beta: 0.0,
-            };
+            let g = Gemm::new(Trans::T, Trans::N, k, k, d);
             self.backend.gemm(g, kernel, kernel, a)?;
             self.backend.diagonal_affine(a, k, 1.0, -1.0)?;
             // A /= ‖A‖_F, the norm staying on the backend (A stays 0 when it is 0).
             self.backend.sum_squares(a, scratch.sum_sq)?;
             self.backend.div_by_sqrt(a, scratch.sum_sq)?;
             // dW += 2λ·W·A   (d, k)
-            let g = Gemm {
-                trans_a: Trans::N,
-                trans_b: Trans::N,
-                m: d,
-                n: k,
-                k,
-                alpha: 2.0 * lambda,
-                beta: 1.0,
-            };
+            let g = Gemm::new(Trans::N, Trans::N, d, k, k)
+                .scaled(2.0 * lambda)
+                .accumulate();
             self.backend.gemm(g, kernel, a, dw)?;
         }
         Ok(())

@@ -250,17 +250,24 @@ impl<B: Backend> Network<B> {
         self.validation.is_some()
     }
 
+    /// The region of one parameter slot (see `model.rs`) in the parameter buffer.
+    fn param_of(&self, slot: impl Fn(&[LayerSlots]) -> &std::ops::Range<usize>) -> Region {
+        let r = slot(&self.slots);
+        self.params.sub(r.start, r.len())
+    }
+    /// The same slot in the gradient buffer: a tied kernel's one gradient.
+    fn grad_of(&self, slot: impl Fn(&[LayerSlots]) -> &std::ops::Range<usize>) -> Region {
+        let r = slot(&self.slots);
+        self.grads.sub(r.start, r.len())
+    }
     fn kernel(&self, i: usize) -> Region {
-        let s = &self.slots[i].kernel;
-        self.params.sub(s.start, s.len())
+        self.param_of(|s| &s[i].kernel)
     }
     fn enc_bias(&self, i: usize) -> Region {
-        let s = &self.slots[i].enc_bias;
-        self.params.sub(s.start, s.len())
+        self.param_of(|s| &s[i].enc_bias)
     }
     fn dec_bias(&self, i: usize) -> Region {
-        let s = &self.slots[i].dec_bias;
-        self.params.sub(s.start, s.len())
+        self.param_of(|s| &s[i].dec_bias)
     }
 
     /// Forward pass of rows `order[start .. start + n]` of the data set: fills `input`, `enc_out`, `dec_out`.
@@ -286,15 +293,7 @@ impl<B: Backend> Network<B> {
                 self.enc_out[i - 1].prefix(n * w[i])
             };
             let h_out = self.enc_out[i].prefix(n * w[i + 1]);
-            let g = Gemm {
-                trans_a: Trans::N,
-                trans_b: Trans::N,
-                m: n,
-                n: w[i + 1],
-                k: w[i],
-                alpha: 1.0,
-                beta: 0.0,
-            };
+            let g = Gemm::new(Trans::N, Trans::N, n, w[i + 1], w[i]);
             self.backend.gemm(g, h_in, self.kernel(i), h_out)?;
             let act = self.spec.encoder_activation(i);
             self.backend
@@ -304,15 +303,7 @@ impl<B: Backend> Network<B> {
         for i in (0..depth).rev() {
             let g_in = self.decoder_input(i, n);
             let g_out = self.dec_out[i].prefix(n * w[i]);
-            let g = Gemm {
-                trans_a: Trans::N,
-                trans_b: Trans::T,
-                m: n,
-                n: w[i],
-                k: w[i + 1],
-                alpha: 1.0,
-                beta: 0.0,
-            };
+            let g = Gemm::new(Trans::N, Trans::T, n, w[i], w[i + 1]);
             self.backend.gemm(g, g_in, self.kernel(i), g_out)?;
             let act = self.spec.decoder_activation(i);
             self.backend.bias_act(g_out, w[i], self.dec_bias(i), act)?;
@@ -346,19 +337,12 @@ impl<B: Backend> Network<B> {
         for i in 0..depth {
             let dz = self.dec_delta[i].prefix(n * w[i]);
             let g_in = self.decoder_input(i, n);
-            let slots = self.slots[i].clone();
-            let dw = self.grads.sub(slots.kernel.start, slots.kernel.len());
-            let dc = self.grads.sub(slots.dec_bias.start, slots.dec_bias.len());
+            let (dw, dc) = (
+                self.grad_of(|s| &s[i].kernel),
+                self.grad_of(|s| &s[i].dec_bias),
+            );
             // dW_i = dzᵀ·g_{i+1}   (d_i, d_{i+1}); β = 0: the decoder's share comes first.
-            let g = Gemm {
-                trans_a: Trans::T,
-                trans_b: Trans::N,
-                m: w[i],
-                n: w[i + 1],
-                k: n,
-                alpha: 1.0,
-                beta: 0.0,
-            };
+            let g = Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], n);
             self.backend.gemm(g, dz, g_in, dw)?;
             self.backend.col_sum(dz, w[i], dc)?;
             // dg_{i+1} = dz·W_i   (n, d_{i+1}), then through the activation that produced g_{i+1}.
@@ -373,15 +357,7 @@ impl<B: Backend> Network<B> {
                     self.spec.decoder_activation(i + 1),
                 )
             };
-            let g = Gemm {
-                trans_a: Trans::N,
-                trans_b: Trans::N,
-                m: n,
-                n: w[i + 1],
-                k: w[i],
-                alpha: 1.0,
-                beta: 0.0,
-            };
+            let g = Gemm::new(Trans::N, Trans::N, n, w[i + 1], w[i]);
             self.backend.gemm(g, dz, self.kernel(i), d_next)?;
             if i + 1 == depth {
                 // dL/dh_L: the uncorrelated-codes penalty adds its share here, before the code activation.
@@ -397,33 +373,18 @@ impl<B: Backend> Network<B> {
             } else {
                 self.enc_out[i - 1].prefix(n * w[i])
             };
-            let slots = self.slots[i].clone();
-            let dw = self.grads.sub(slots.kernel.start, slots.kernel.len());
-            let db = self.grads.sub(slots.enc_bias.start, slots.enc_bias.len());
+            let (dw, db) = (
+                self.grad_of(|s| &s[i].kernel),
+                self.grad_of(|s| &s[i].enc_bias),
+            );
             // dW_i += h_iᵀ·dz   (d_i, d_{i+1}); β = 1 adds the encoder's share to the decoder's.
-            let g = Gemm {
-                trans_a: Trans::T,
-                trans_b: Trans::N,
-                m: w[i],
-                n: w[i + 1],
-                k: n,
-                alpha: 1.0,
-                beta: 1.0,
-            };
+            let g = Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], n).accumulate();
             self.backend.gemm(g, h_in, dz, dw)?;
             self.backend.col_sum(dz, w[i + 1], db)?;
             if i > 0 {
                 // dh_i = dz·W_iᵀ   (n, d_i), then through the activation that produced h_i.
                 let d_prev = self.enc_delta[i - 1].prefix(n * w[i]);
-                let g = Gemm {
-                    trans_a: Trans::N,
-                    trans_b: Trans::T,
-                    m: n,
-                    n: w[i],
-                    k: w[i + 1],
-                    alpha: 1.0,
-                    beta: 0.0,
-                };
+                let g = Gemm::new(Trans::N, Trans::T, n, w[i], w[i + 1]);
                 self.backend.gemm(g, dz, self.kernel(i), d_prev)?;
                 self.backend
                     .act_backward(d_prev, h_in, self.spec.encoder_activation(i - 1))?;
