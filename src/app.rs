@@ -61,14 +61,12 @@ pub fn check_cuda(ordinal: usize) -> Result<()> {
         return Err(Error::Device(cuda::NO_KERNELS_MESSAGE.to_string()));
     }
     if !cuda::driver_present() {
-        return Err(Error::Device(
-            "no NVIDIA driver found (libcuda could not be loaded); use --device cpu".to_string(),
-        ));
+        return Err(Error::Device(cuda::NO_DRIVER_MESSAGE.to_string()));
     }
     let count = cuda::device_count()?;
     if ordinal >= count {
         return Err(Error::Device(format!(
-            "no CUDA device {ordinal}: the driver reports {count} device(s); use --device cpu"
+            "CUDA unavailable: no CUDA device {ordinal}; the driver reports {count} device(s); use --device cpu"
         )));
     }
     Ok(())

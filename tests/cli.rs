@@ -348,15 +348,13 @@ fn cuda_without_gpu_is_one_clear_line() {
     }
     let s = Scratch::new("nocuda");
     let data = s.file("d.csv", "1,2,3\n4,5,6\n");
-    let t0 = std::time::Instant::now();
     fails(
         &s,
         &[
             "train", "--data", &data, "--out", "OUT", "--layers", "2", "--device", "cuda",
         ],
-        &["--device cpu"],
+        &["CUDA", "--device cpu"],
     );
-    assert!(t0.elapsed().as_secs() < 10, "took {:?}", t0.elapsed());
 }
 
 #[test]

@@ -124,6 +124,16 @@ fn check_weights(case: &Case, got: &[f32], how: &str) {
         expected[at],
         case.tolerance
     );
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{how} {}: max |ours − Keras| over {} weights = {diff:e} (tolerance {:e})",
+            case.dir.file_name().unwrap().to_string_lossy(),
+            got.len(),
+            case.tolerance
+        );
+    }
     // The weights moved far more than the tolerance, so agreement is not an accident of tiny updates.
     let (moved, _) = max_abs_diff(&expected, &init);
     assert!(

@@ -34,12 +34,12 @@ mod kernels {
 }
 
 /// The error of [`CudaBackend::new`] in a build without kernels.
-pub const NO_KERNELS_MESSAGE: &str = "this tiedae was built without GPU kernels (nvcc was not found at build \
-                                      time); install nvcc (scripts/install-nvcc.sh) and rebuild, or use \
-                                      --device cpu";
+pub const NO_KERNELS_MESSAGE: &str = "CUDA unavailable: this tiedae was built without GPU kernels (nvcc was \
+                                      not found at build time); install nvcc (scripts/install-nvcc.sh) and \
+                                      rebuild, or use --device cpu";
 /// The error when the driver library cannot be loaded.
 pub const NO_DRIVER_MESSAGE: &str =
-    "no NVIDIA driver found (libcuda not loadable); use --device cpu";
+    "CUDA unavailable: no NVIDIA driver found (libcuda not loadable); use --device cpu";
 
 // Launch shapes; each must match the constant of the same name in kernels/*.cu.
 /// Threads per block of the element-wise kernels (grid-stride loops, so any grid works).
