@@ -54,22 +54,10 @@ pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// Cheap checks that GPU `ordinal` can be used, without creating a context: kernels compiled in, a driver
-/// library present, the device there.
+/// Whether GPU `ordinal` can run our kernels, checked without creating a context (see
+/// [`cuda::check_device`]).
 pub fn check_cuda(ordinal: usize) -> Result<()> {
-    if !cuda::is_built_with_kernels() {
-        return Err(Error::Device(cuda::NO_KERNELS_MESSAGE.to_string()));
-    }
-    if !cuda::driver_present() {
-        return Err(Error::Device(cuda::NO_DRIVER_MESSAGE.to_string()));
-    }
-    let count = cuda::device_count()?;
-    if ordinal >= count {
-        return Err(Error::Device(format!(
-            "CUDA unavailable: no CUDA device {ordinal}; the driver reports {count} device(s); use --device cpu"
-        )));
-    }
-    Ok(())
+    cuda::check_device(ordinal).map(|_| ())
 }
 
 /// Runs `$body` with `$backend` bound to a fresh backend of `$device` (monomorphized per backend).

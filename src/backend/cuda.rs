@@ -335,41 +335,54 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
+/// Everything that decides whether GPU `ordinal` can run our kernels, without creating a context: kernels
+/// built in, a driver, the device there, a compute capability the PTX can target. `CudaBackend::new` and
+/// `--device auto` both ask this, so auto falls back to the CPU in exactly the cases `new` would refuse.
+pub fn check_device(ordinal: usize) -> Result<DeviceInfo> {
+    if !is_built_with_kernels() {
+        return Err(Error::Device(NO_KERNELS_MESSAGE.to_string()));
+    }
+    if !driver_present() {
+        return Err(Error::Device(NO_DRIVER_MESSAGE.to_string()));
+    }
+    let count = device_count()?;
+    if count == 0 {
+        return Err(Error::Device(
+            "CUDA unavailable: no CUDA device found (the NVIDIA driver is installed but sees no GPU); use \
+             --device cpu"
+                .to_string(),
+        ));
+    }
+    if ordinal >= count {
+        return Err(Error::Device(format!(
+            "CUDA unavailable: no CUDA device {ordinal}; the driver reports {count} device(s) (0..={}); use \
+             --device cpu",
+            count - 1
+        )));
+    }
+    let info = device_info(ordinal)?;
+    let (major, minor) = info.compute_capability;
+    let arch: i32 = ptx_arch()
+        .trim_start_matches("compute_")
+        .parse()
+        .unwrap_or(0);
+    if major * 10 + minor < arch {
+        return Err(Error::Device(format!(
+            "CUDA unavailable: {} has compute capability {major}.{minor}, but the kernels were built for {}; rebuild with \
+             CUDA_ARCH=compute_{major}{minor} (if your nvcc supports it) or use --device cpu",
+            info.name,
+            ptx_arch()
+        )));
+    }
+    Ok(info)
+}
+
 impl CudaBackend {
     /// A backend on GPU `ordinal`: checks that kernels are built in, the driver loads and the device exists
     /// and can run the PTX, then creates a context and a stream and loads every kernel module once. Every
     /// failure is one line ([`Error::Device`]).
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
-        if !is_built_with_kernels() {
-            return Err(Error::Device(NO_KERNELS_MESSAGE.to_string()));
-        }
-        let count = device_count()?;
-        if count == 0 {
-            return Err(Error::Device(
-                "no CUDA device found (the NVIDIA driver is installed but sees no GPU); use --device cpu"
-                    .to_string(),
-            ));
-        }
-        if ordinal >= count {
-            return Err(Error::Device(format!(
-                "no CUDA device {ordinal}: the driver reports {count} device(s) (0..={}); use --device cpu",
-                count - 1
-            )));
-        }
-        let info = device_info(ordinal)?;
-        let (major, minor) = info.compute_capability;
-        let arch: i32 = ptx_arch()
-            .trim_start_matches("compute_")
-            .parse()
-            .unwrap_or(0);
-        if major * 10 + minor < arch {
-            return Err(Error::Device(format!(
-                "{} has compute capability {major}.{minor}, but the kernels were built for {}; rebuild with \
-                 CUDA_ARCH=compute_{major}{minor} (if your nvcc supports it) or use --device cpu",
-                info.name,
-                ptx_arch()
-            )));
-        }
+        let info = check_device(ordinal)?;
 
         let ctx = guarded(
             &format!("creating a CUDA context on device {ordinal}"),
