@@ -98,6 +98,7 @@ else
   skip nvcc-version "no nvcc here (not needed: the kernels are embedded as PTX)"
 fi
 step info 60 "$bundle/tiedae" info
+step demo-cuda 60 "$bundle/tiedae" demo --device cuda
 
 # --- the test executables ------------------------------------------------------------------------------------
 ptx_skip=()

@@ -922,44 +922,51 @@ fn demo(choice: DeviceChoice, seed: u64) -> Result<()> {
         Activation::Linear,
     )?;
     let params = spec.glorot_init(seed);
-    let slots = &spec.slots()[0];
+    let kernel_at = spec.slots()[0].kernel.start;
     let optimizer = Optimizer::Sgd {
         lr: 0.01,
         momentum: 0.0,
     };
-    let show = |label: &str, p: &[f32]| {
-        let w = &p[slots.kernel.clone()];
-        // encoder kernel is W (51×1): row 0 is [W[0,0]]. The decoder's kernel is Wᵀ (1×51), read from the same
-        // buffer: its [0][0] is W[0,0] as well. There is nothing else to read it from.
-        println!(
-            "{label}: encoder kernel[0] = [{:+.8}]   decoder kernel[0][0] = {:+.8}",
-            w[0], w[0]
-        );
-    };
     println!("51 features → 1 linear unit, 16 random samples, SGD lr 0.01, batch 16, one epoch");
-    show("before", &params);
-    let trained = with_backend!(device, |backend| {
+    // The encoder's kernel W is (51×1): its row 0 is [W[0,0]], read from the parameters. The decoder's kernel
+    // is read back THROUGH THE DECODER: decode(code 1) − decode(code 0) = 1·Wᵀ + c − c = Wᵀ (1×51), whose
+    // [0][0] comes from the decoder's own GEMM reading the shared buffer transposed.
+    let (before, after) = with_backend!(device, |backend| {
         println!("device: {}", backend.name());
         let mut net = Network::new(backend, &spec, &params, rows, Some(optimizer))?;
         net.set_data(&values, rows)?;
+        let look = |net: &mut Network<_>| -> Result<(f32, f32)> {
+            let encoder = net.read_params()?[kernel_at];
+            let g = net.decode_codes(&[1.0, 0.0])?;
+            Ok((encoder, g[0] - g[cols]))
+        };
+        let before = look(&mut net)?;
         let loss = net.train_epoch(&(0..rows as u32).collect::<Vec<_>>(), rows)?;
         println!("loss during the epoch: {loss:.6}");
-        net.read_params()?
+        (before, look(&mut net)?)
     });
-    show("after ", &trained);
-    let before = params[slots.kernel.start];
-    let after = trained[slots.kernel.start];
+    let show = |label: &str, (enc, dec): (f32, f32)| {
+        println!("{label}: encoder kernel[0] = [{enc:+.8}]   decoder kernel[0][0] = {dec:+.8}");
+    };
+    show("before", before);
+    show("after ", after);
     println!(
         "tied: the decoder's kernel is the encoder's, so both moved by {:+.3e} together.",
-        after - before
+        after.0 - before.0
     );
     println!(
         "A DenseTied layer that copies transpose(kernel) in build() would still show {:+.8} for the decoder: frozen.",
-        before
+        before.1
     );
     anyhow::ensure!(
-        after != before,
+        after.0 != before.0,
         "the kernel did not move: training did nothing"
+    );
+    anyhow::ensure!(
+        (after.1 - after.0).abs() <= 1e-6 * after.0.abs().max(1.0),
+        "the decoder's kernel ({}) is not the encoder's ({})",
+        after.1,
+        after.0
     );
     Ok(())
 }

@@ -299,8 +299,14 @@ impl<B: Backend> Network<B> {
             self.backend
                 .bias_act(h_out, w[i + 1], self.enc_bias(i), act)?;
         }
+        self.decode(n)
+    }
+
+    /// The decoder on the codes in h_L (`enc_out[L−1]`), n rows: fills `dec_out`.
+    fn decode(&mut self, n: usize) -> Result<()> {
+        let w = self.spec.widths.clone();
         // Decoder: g_i = f(g_{i+1}·W_iᵀ + c_i). The SAME kernel buffer, read transposed.
-        for i in (0..depth).rev() {
+        for i in (0..self.spec.depth()).rev() {
             let g_in = self.decoder_input(i, n);
             let g_out = self.dec_out[i].prefix(n * w[i]);
             let g = Gemm::new(Trans::N, Trans::T, n, w[i], w[i + 1]);
@@ -309,6 +315,22 @@ impl<B: Backend> Network<B> {
             self.backend.bias_act(g_out, w[i], self.dec_bias(i), act)?;
         }
         Ok(())
+    }
+
+    /// Runs the decoder alone on `codes` (n, d_L) and returns the reconstructions (n, d_0), in the model's
+    /// normalized units. `demo` uses it to read the decoder's kernel back through the decoder itself.
+    pub fn decode_codes(&mut self, codes: &[B::Scalar]) -> Result<Vec<B::Scalar>> {
+        let (dl, d0) = (self.spec.code_width(), self.spec.input_width());
+        assert_eq!(codes.len() % dl, 0, "codes are (n, d_L)");
+        let n = codes.len() / dl;
+        assert!(n <= self.max_batch, "more codes than max_batch");
+        let code = self.enc_out[self.spec.depth() - 1].prefix(n * dl);
+        self.backend.upload(code, codes)?;
+        self.decode(n)?;
+        let mut out = vec![B::Scalar::zero(); n * d0];
+        self.backend
+            .download(self.dec_out[0].prefix(n * d0), &mut out)?;
+        Ok(out)
     }
 
     /// g_{i+1}, the input of decoder layer i: the code h_L for the innermost layer.
