@@ -16,7 +16,7 @@ use crate::data::{ColumnSelector, Normalization, NormalizeKind};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::optim::Optimizer;
-use crate::train::{Constraints, FitState, OptimizerState};
+use crate::train::{Constraints, DataType, FitState, OptimizerState};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -68,6 +68,9 @@ pub struct RunSettings {
     pub orthogonality: f32,
     pub uncorrelated: f32,
     pub unit_norm: bool,
+    /// How the data set is stored on the device (`--data-dtype`); files from before the flag read as f32.
+    #[serde(default)]
+    pub data_dtype: DataType,
 }
 
 impl RunSettings {

@@ -15,7 +15,7 @@ use tiedae::io::{self, Checkpoint, ModelFile, RunSettings};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
 use tiedae::train::{
-    epoch_order, FitEnd, FitOptions, FitState, Network, OptimizerState, Stop, TrainConfig,
+    epoch_order, DataType, FitEnd, FitOptions, FitState, Network, OptimizerState, Stop, TrainConfig,
 };
 use tiedae::with_backend;
 
@@ -132,6 +132,10 @@ struct TrainArgs {
     /// Append one JSON line per epoch: epoch, loss, val_loss, seconds, samples_per_s.
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Keep the data set on the device as f32, or as f16/bf16 (half the memory; each batch is converted to
+    /// f32 as it is gathered).
+    #[arg(long, default_value = "f32")]
+    data_dtype: DataType,
     /// Draw the loss curves to this PNG at the end (and when stopped).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -341,6 +345,7 @@ fn fresh_run(a: &TrainArgs, epochs: usize) -> Result<(Run, Dataset)> {
         orthogonality: a.orthogonality,
         uncorrelated: a.uncorrelated,
         unit_norm: a.unit_norm,
+        data_dtype: a.data_dtype,
     };
     let run = Run {
         spec,
@@ -571,9 +576,9 @@ fn train(a: TrainArgs) -> Result<()> {
         if let Some(opt) = &optimizer_state {
             net.restore_optimizer_state(opt)?;
         }
-        net.set_data(&train_values, train_rows)?;
+        net.set_data_as(&train_values, train_rows, settings.data_dtype)?;
         if val_rows > 0 {
-            net.set_validation(&val_values, val_rows)?;
+            net.set_validation_as(&val_values, val_rows, settings.data_dtype)?;
         }
         let opts = FitOptions {
             state: start_state.clone(),

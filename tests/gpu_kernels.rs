@@ -808,6 +808,7 @@ fn embedded_ptx_has_every_kernel_entry() {
         "sgd_step",
         "adam_step",
         "gather_rows",
+        "gather_rows_half",
         "diagonal_affine",
         "sum_squares_partials",
         "div_by_sqrt",

@@ -5,7 +5,9 @@
 //! (`std::mem::take`, no allocation), which lets it read the other buffers at the same time; the trait's
 //! rule that outputs never overlap inputs makes this sound.
 
-use super::{AdamStep, Backend, BufId, Gemm, IdxId, IdxRegion, Real, Region, Trans};
+use super::{
+    AdamStep, Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region, Trans,
+};
 use crate::activation::Activation;
 use crate::error::Result;
 
@@ -17,6 +19,7 @@ mod sgemm;
 pub struct CpuBackend<T: Real = f32> {
     bufs: Vec<Vec<T>>,
     indices: Vec<Vec<u32>>,
+    halves: Vec<Vec<u16>>,
     bytes: usize,
 }
 
@@ -25,6 +28,7 @@ impl<T: Real> CpuBackend<T> {
         CpuBackend {
             bufs: Vec::new(),
             indices: Vec::new(),
+            halves: Vec::new(),
             bytes: 0,
         }
     }
@@ -92,6 +96,40 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.indices.push(vec![0; len]);
         self.bytes += len * std::mem::size_of::<u32>();
         Ok(IdxId(self.indices.len() - 1))
+    }
+
+    fn alloc_half(&mut self, len: usize) -> Result<HalfId> {
+        self.halves.push(vec![0; len]);
+        self.bytes += len * std::mem::size_of::<u16>();
+        Ok(HalfId(self.halves.len() - 1))
+    }
+
+    fn upload_half(&mut self, dst: HalfId, src: &[u16]) -> Result<()> {
+        self.halves[dst.0].copy_from_slice(src);
+        Ok(())
+    }
+
+    // data is (rows, cols) 16-bit floats, out is (idx.len, cols). Twin of `gather_rows_half` in
+    // kernels/data.cu.
+    fn gather_rows_half(
+        &mut self,
+        data: HalfId,
+        format: HalfFormat,
+        cols: usize,
+        idx: IdxRegion,
+        out: Region,
+    ) -> Result<()> {
+        assert_eq!(out.len, idx.len * cols, "gather_rows_half output size");
+        let rows = &self.indices[idx.buf.0][idx.offset..idx.offset + idx.len];
+        let src = &self.halves[data.0];
+        let dst = &mut self.bufs[out.buf.0][out.offset..out.offset + out.len];
+        for (dst_row, &r) in dst.chunks_exact_mut(cols.max(1)).zip(rows) {
+            let start = r as usize * cols;
+            for (d, &bits) in dst_row.iter_mut().zip(&src[start..start + cols]) {
+                *d = T::from_f32(format.decode(bits));
+            }
+        }
+        Ok(())
     }
 
     fn allocated_bytes(&self) -> usize {

@@ -24,7 +24,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::{AdamStep, Backend, BufId, Gemm, IdxId, IdxRegion, Region, Trans};
+use super::{AdamStep, Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Region, Trans};
 use crate::activation::Activation;
 use crate::error::{Error, Result};
 
@@ -230,6 +230,7 @@ struct Kernels {
     sgd_step: CudaFunction,
     adam_step: CudaFunction,
     gather_rows: CudaFunction,
+    gather_rows_half: CudaFunction,
     diagonal_affine: CudaFunction,
     sum_squares_partials: CudaFunction,
     div_by_sqrt: CudaFunction,
@@ -261,6 +262,7 @@ impl Kernels {
             sgd_step: get("optim", "sgd_step")?,
             adam_step: get("optim", "adam_step")?,
             gather_rows: get("data", "gather_rows")?,
+            gather_rows_half: get("data", "gather_rows_half")?,
             diagonal_affine: get("constraints", "diagonal_affine")?,
             sum_squares_partials: get("constraints", "sum_squares_partials")?,
             div_by_sqrt: get("constraints", "div_by_sqrt")?,
@@ -316,6 +318,8 @@ pub struct CudaBackend {
     k: Kernels,
     bufs: Vec<CudaSlice<f32>>,
     indices: Vec<CudaSlice<u32>>,
+    /// Data sets kept as 16-bit floats (f16 or bf16 bit patterns).
+    halves: Vec<CudaSlice<u16>>,
     /// Device bytes this backend holds: the MSE scratch, then everything asked for through `alloc` and
     /// `alloc_indices` (len·size_of, as the CPU backend counts them).
     bytes: usize,
@@ -415,6 +419,7 @@ impl CudaBackend {
             k,
             bufs: Vec::new(),
             indices: Vec::new(),
+            halves: Vec::new(),
             bytes: MSE_MAX_BLOCKS * std::mem::size_of::<f64>(),
             mse_partials,
         })
@@ -516,6 +521,80 @@ impl Backend for CudaBackend {
         self.indices.push(buf);
         self.bytes += len * std::mem::size_of::<u32>();
         Ok(IdxId(self.indices.len() - 1))
+    }
+
+    fn alloc_half(&mut self, len: usize) -> Result<HalfId> {
+        let buf = self.stream.alloc_zeros::<u16>(len.max(1)).map_err(|e| {
+            device_error(
+                &format!("allocating {len} 16-bit floats on {}", self.info.name),
+                e,
+            )
+        })?;
+        self.halves.push(buf);
+        self.bytes += len * std::mem::size_of::<u16>();
+        Ok(HalfId(self.halves.len() - 1))
+    }
+
+    fn upload_half(&mut self, dst: HalfId, src: &[u16]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let buf = &mut self.halves[dst.0];
+        assert!(
+            src.len() <= buf.len(),
+            "upload_half: {} exceeds its buffer",
+            src.len()
+        );
+        let mut view = buf.slice_mut(0..src.len());
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| device_error("copying 16-bit data to the GPU", e))
+    }
+
+    // data is (data_rows, cols) 16-bit floats, idx is (out_rows), out is (out_rows, cols) f32. Twin of
+    // `gather_rows_half` in cpu.rs.
+    fn gather_rows_half(
+        &mut self,
+        data: HalfId,
+        format: HalfFormat,
+        cols: usize,
+        idx: IdxRegion,
+        out: Region,
+    ) -> Result<()> {
+        assert_eq!(out.len, idx.len * cols, "gather_rows_half output size");
+        if out.len == 0 {
+            return Ok(());
+        }
+        let data_len = self.halves[data.0].len();
+        let p_data = self.address(&self.halves, data.0, 0, data_len, "half buffer");
+        let (p_idx, p_out) = (self.idx_ptr(idx), self.ptr(out));
+        let (out_rows, cols_u, data_rows) = (idx.len as u64, cols as u64, (data_len / cols) as u64);
+        let format_code = format as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                cols.div_ceil(THREADS as usize).min(MAX_GRID_Y) as u32,
+                idx.len.min(MAX_GRID_Y) as u32,
+                1,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.k.gather_rows_half);
+        launch
+            .arg(&p_data)
+            .arg(&p_idx)
+            .arg(&p_out)
+            .arg(&out_rows)
+            .arg(&cols_u)
+            .arg(&data_rows)
+            .arg(&format_code);
+        // SAFETY: gather_rows_half(const u16* data, const u32* idx, float* out, u64 out_rows, u64 cols,
+        // u64 data_rows, u32 format). out holds out_rows·cols floats (asserted, checked by `ptr`), idx holds
+        // out_rows indices (`idx_ptr`), data holds data_rows·cols 16-bit values (data_rows = its length /
+        // cols; an over-allocated empty buffer gives 0 rows) and the kernel reads it only for indices <
+        // data_rows.
+        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("gather_rows_half", e))?;
+        Ok(())
     }
 
     fn allocated_bytes(&self) -> usize {

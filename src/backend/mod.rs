@@ -25,6 +25,38 @@ pub struct BufId(pub usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdxId(pub usize);
 
+/// A buffer of 16-bit floats (the bit patterns of f16 or bf16): a data set kept at half the size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HalfId(pub usize);
+
+/// The 16-bit float format of a [`HalfId`] buffer. The codes are `gather_rows_half`'s `format` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[repr(u32)]
+pub enum HalfFormat {
+    /// IEEE binary16: 11 bits of precision, range ±65504.
+    F16 = 0,
+    /// bfloat16: 8 bits of precision, f32's range.
+    Bf16 = 1,
+}
+
+impl HalfFormat {
+    /// The bits of `x` in this format, rounded to nearest even; `None` when `x` is finite but out of range.
+    pub fn encode(self, x: f32) -> Option<u16> {
+        let bits = match self {
+            HalfFormat::F16 => half::f16::from_f32(x).to_bits(),
+            HalfFormat::Bf16 => half::bf16::from_f32(x).to_bits(),
+        };
+        (self.decode(bits).is_finite() || !x.is_finite()).then_some(bits)
+    }
+    /// The f32 these bits stand for (exact: both formats are subsets of f32).
+    pub fn decode(self, bits: u16) -> f32 {
+        match self {
+            HalfFormat::F16 => half::f16::from_bits(bits).to_f32(),
+            HalfFormat::Bf16 => half::bf16::from_bits(bits).to_f32(),
+        }
+    }
+}
+
 /// `len` scalars of buffer `buf` starting at `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Region {
@@ -250,6 +282,20 @@ pub trait Backend {
     /// Sets every element of `dst` to `value`.
     fn fill(&mut self, dst: Region, value: f32) -> Result<()>;
 
+    /// A new buffer of `len` 16-bit floats (zeros).
+    fn alloc_half(&mut self, len: usize) -> Result<HalfId>;
+    /// Host → backend copy of 16-bit float bit patterns into the whole of `dst`.
+    fn upload_half(&mut self, dst: HalfId, src: &[u16]) -> Result<()>;
+    /// out is (idx.len, cols): `out[r] = to_f32(data[idx[r]])`; data is (rows, cols) 16-bit floats of
+    /// `format`, converted exactly while gathering (so the batch is f32 as always).
+    fn gather_rows_half(
+        &mut self,
+        data: HalfId,
+        format: HalfFormat,
+        cols: usize,
+        idx: IdxRegion,
+        out: Region,
+    ) -> Result<()>;
     /// out is (idx.len, cols): `out[r] = data[idx[r]]`; data is (rows, cols).
     fn gather_rows(&mut self, data: Region, cols: usize, idx: IdxRegion, out: Region)
         -> Result<()>;

@@ -10,7 +10,9 @@
 //! so the one gradient slot of W_i holds the sum of what both of its uses contribute.
 
 use crate::activation::Activation;
-use crate::backend::{Backend, BufId, Gemm, IdxId, IdxRegion, Real, Region, Trans};
+use crate::backend::{
+    Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region, Trans,
+};
 use crate::error::{Error, Result};
 use crate::model::{LayerSlots, ModelSpec};
 use crate::optim::Optimizer;
@@ -82,9 +84,57 @@ pub enum DataSet {
     Validation,
 }
 
+/// How a data set is stored on the backend: f32, or 16-bit floats converted while a batch is gathered
+/// (half the memory: a 6 GB card holds twice the rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum DataType {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DataType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::F32 => "f32",
+            DataType::F16 => "f16",
+            DataType::Bf16 => "bf16",
+        }
+    }
+    fn half_format(self) -> Option<HalfFormat> {
+        match self {
+            DataType::F32 => None,
+            DataType::F16 => Some(HalfFormat::F16),
+            DataType::Bf16 => Some(HalfFormat::Bf16),
+        }
+    }
+}
+
+impl std::str::FromStr for DataType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DataType::F32),
+            "f16" | "float16" | "half" => Ok(DataType::F16),
+            "bf16" | "bfloat16" => Ok(DataType::Bf16),
+            other => Err(format!(
+                "unknown data type '{other}' (expected f32, f16 or bf16)"
+            )),
+        }
+    }
+}
+
+/// Where a data set's values live.
+#[derive(Debug, Clone, Copy)]
+enum DataValues {
+    F32(Region),
+    Half(HalfId, HalfFormat),
+}
+
 /// A data set living on the backend: uploaded once, then read by index.
 struct DeviceData {
-    values: Region,
+    values: DataValues,
     rows: usize,
     order: IdxId,
     /// One slot per step of an epoch, read back once per epoch.
@@ -197,29 +247,72 @@ impl<B: Backend> Network<B> {
     /// Uploads the training set, (rows, d_0) row-major, once. Replaces any earlier one (its memory is not
     /// reused).
     pub fn set_data(&mut self, values: &[f32], rows: usize) -> Result<()> {
-        self.data = Some(self.upload_data(values, rows)?);
+        self.set_data_as(values, rows, DataType::F32)
+    }
+
+    /// [`Network::set_data`], stored as `dtype` on the backend. Fails (naming `--data-dtype`, the row and
+    /// the column) when a value does not fit a 16-bit format.
+    pub fn set_data_as(&mut self, values: &[f32], rows: usize, dtype: DataType) -> Result<()> {
+        self.data = Some(self.upload_data(values, rows, dtype)?);
         Ok(())
     }
 
     /// Uploads a validation set, evaluated with [`Network::evaluate_set`].
     pub fn set_validation(&mut self, values: &[f32], rows: usize) -> Result<()> {
-        self.validation = Some(self.upload_data(values, rows)?);
+        self.set_validation_as(values, rows, DataType::F32)
+    }
+
+    /// [`Network::set_validation`], stored as `dtype`.
+    pub fn set_validation_as(
+        &mut self,
+        values: &[f32],
+        rows: usize,
+        dtype: DataType,
+    ) -> Result<()> {
+        self.validation = Some(self.upload_data(values, rows, dtype)?);
         Ok(())
     }
 
-    fn upload_data(&mut self, values: &[f32], rows: usize) -> Result<DeviceData> {
+    fn upload_data(&mut self, values: &[f32], rows: usize, dtype: DataType) -> Result<DeviceData> {
         let cols = self.spec.input_width();
         assert_eq!(values.len(), rows * cols, "data size");
-        let region = alloc(&mut self.backend, values.len())?;
-        let host: Vec<B::Scalar> = values.iter().map(|&x| B::Scalar::from_f32(x)).collect();
-        self.backend.upload(region, &host)?;
+        let values_on_device = match dtype.half_format() {
+            None => {
+                let region = alloc(&mut self.backend, values.len())?;
+                let host: Vec<B::Scalar> = values.iter().map(|&x| B::Scalar::from_f32(x)).collect();
+                self.backend.upload(region, &host)?;
+                DataValues::F32(region)
+            }
+            Some(format) => {
+                let bits = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        format.encode(x).ok_or_else(|| {
+                            Error::flag(
+                                "--data-dtype",
+                                format!(
+                                    "value {x} (row {}, column {} after normalization) does not fit {}; use bf16 or f32, or --normalize",
+                                    i / cols + 1,
+                                    i % cols + 1,
+                                    dtype.as_str()
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<u16>>>()?;
+                let id = self.backend.alloc_half(bits.len())?;
+                self.backend.upload_half(id, &bits)?;
+                DataValues::Half(id, format)
+            }
+        };
         let order = self.backend.alloc_indices(rows)?;
         let identity: Vec<u32> = (0..rows as u32).collect();
         self.backend.upload_indices(order, 0, &identity)?;
         let steps = rows.div_ceil(self.max_batch).max(1);
         let step_losses = alloc(&mut self.backend, steps)?;
         Ok(DeviceData {
-            values: region,
+            values: values_on_device,
             rows,
             order,
             step_losses,
@@ -284,7 +377,12 @@ impl<B: Backend> Network<B> {
             len: n,
         };
         let x = self.input.prefix(n * w[0]);
-        self.backend.gather_rows(values, w[0], idx, x)?;
+        match values {
+            DataValues::F32(values) => self.backend.gather_rows(values, w[0], idx, x)?,
+            DataValues::Half(values, format) => self
+                .backend
+                .gather_rows_half(values, format, w[0], idx, x)?,
+        }
         // Encoder: h_{i+1} = f(h_i·W_i + b_i). h_i is (n, d_i), W_i is (d_i, d_{i+1}).
         for i in 0..depth {
             let h_in = if i == 0 {
