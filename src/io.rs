@@ -131,8 +131,25 @@ pub fn write_atomic(
     result
 }
 
+/// safetensors stores little-endian: on a little-endian host that is the memory itself.
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|x| x.to_le_bytes()).collect()
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(values).to_vec()
+    } else {
+        values.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+}
+
+/// The inverse of [`f32_bytes`]; `bytes` need not be aligned.
+fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    if cfg!(target_endian = "little") {
+        bytemuck::pod_collect_to_vec(bytes)
+    } else {
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
 }
 
 pub fn save_model(path: &Path, model: &ModelFile) -> Result<()> {
@@ -275,11 +292,7 @@ fn tensor_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize]) ->
             ),
         ));
     }
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values = f32_values(view.data());
     if let Some(pos) = values.iter().position(|x| !x.is_finite()) {
         return Err(Error::file(
             path,
