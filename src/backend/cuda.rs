@@ -20,7 +20,7 @@ use cudarc::driver::result::{self as cu, DriverError};
 use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    LaunchConfig, PushKernelArg,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -454,6 +454,20 @@ impl CudaBackend {
         self.address(&self.indices, r.buf.0, r.offset, r.len, "index buffer")
     }
 
+    /// `len` zeros on the device, counted in `allocated_bytes`. A zero-length allocation is not valid in
+    /// CUDA: it keeps one element and counts none.
+    fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &mut self,
+        len: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
+        let buf = self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
+            device_error(&format!("allocating {len} {what} on {}", self.info.name), e)
+        })?;
+        self.bytes += len * std::mem::size_of::<T>();
+        Ok(buf)
+    }
+
     /// The device address of element `offset` of `bufs[buf]`, after checking that `offset + len` fits.
     fn address<T>(
         &self,
@@ -502,36 +516,20 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&mut self, len: usize) -> Result<BufId> {
-        // A zero-length allocation is not valid in CUDA: keep one element, count none.
-        let buf = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| {
-            device_error(&format!("allocating {len} floats on {}", self.info.name), e)
-        })?;
+        let buf = self.alloc_zeros::<f32>(len, "floats")?;
         self.bufs.push(buf);
-        self.bytes += len * std::mem::size_of::<f32>();
         Ok(BufId(self.bufs.len() - 1))
     }
 
     fn alloc_indices(&mut self, len: usize) -> Result<IdxId> {
-        let buf = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(|e| {
-            device_error(
-                &format!("allocating {len} indices on {}", self.info.name),
-                e,
-            )
-        })?;
+        let buf = self.alloc_zeros::<u32>(len, "indices")?;
         self.indices.push(buf);
-        self.bytes += len * std::mem::size_of::<u32>();
         Ok(IdxId(self.indices.len() - 1))
     }
 
     fn alloc_half(&mut self, len: usize) -> Result<HalfId> {
-        let buf = self.stream.alloc_zeros::<u16>(len.max(1)).map_err(|e| {
-            device_error(
-                &format!("allocating {len} 16-bit floats on {}", self.info.name),
-                e,
-            )
-        })?;
+        let buf = self.alloc_zeros::<u16>(len, "16-bit floats")?;
         self.halves.push(buf);
-        self.bytes += len * std::mem::size_of::<u16>();
         Ok(HalfId(self.halves.len() - 1))
     }
 
