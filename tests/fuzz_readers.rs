@@ -12,6 +12,27 @@ use tiedae::data::{load_csv, parse_selectors, Normalization};
 use tiedae::io::{self, ModelFile};
 use tiedae::model::ModelSpec;
 
+/// Runs `check` on `default` inputs drawn from `strategy` (or TIEDAE_FUZZ_CASES), each written to the
+/// scratch file `file`, and reports the count.
+fn fuzz<S: Strategy>(
+    what: &str,
+    file: &str,
+    default: u32,
+    strategy: S,
+    check: impl Fn(&PathBuf, S::Value) -> Result<(), TestCaseError>,
+) {
+    let path = temp(file);
+    let n = cases(default);
+    let mut runner = TestRunner::new(Config {
+        cases: n,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner.run(&strategy, |v| check(&path, v)).unwrap();
+    let _ = std::fs::remove_file(&path);
+    report(what, n);
+}
+
 fn cases(default: u32) -> u32 {
     std::env::var("TIEDAE_FUZZ_CASES")
         .ok()
@@ -77,38 +98,28 @@ fn csv_text() -> impl Strategy<Value = (String, String)> {
 
 #[test]
 fn csv_reader_never_panics_on_structured_input() {
-    let path = temp("csv-structured.csv");
-    let n = cases(4000);
-    let mut runner = TestRunner::new(Config {
-        cases: n,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner
-        .run(&csv_text(), |(text, ignore)| {
-            check_csv(&path, text.as_bytes(), &ignore)
-        })
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    report("CSV reader, structured rows", n);
+    fuzz(
+        "CSV reader, structured rows",
+        "csv-structured.csv",
+        4000,
+        csv_text(),
+        |path, (text, ignore)| check_csv(path, text.as_bytes(), &ignore),
+    );
 }
 
 #[test]
 fn csv_reader_never_panics_on_random_bytes() {
-    let path = temp("csv-bytes.csv");
-    let n = cases(4000);
-    let mut runner = TestRunner::new(Config {
-        cases: n,
-        failure_persistence: None,
-        ..Config::default()
-    });
     let bytes = prop::collection::vec(
         prop_oneof![any::<u8>(), Just(b','), Just(b'\n'), Just(b'1'), Just(b'"')],
         0..512,
     );
-    runner.run(&bytes, |b| check_csv(&path, &b, "")).unwrap();
-    let _ = std::fs::remove_file(&path);
-    report("CSV reader, random bytes", n);
+    fuzz(
+        "CSV reader, random bytes",
+        "csv-bytes.csv",
+        4000,
+        bytes,
+        |path, b| check_csv(path, &b, ""),
+    );
 }
 
 fn valid_model_bytes() -> Vec<u8> {
@@ -160,18 +171,16 @@ fn check_model(path: &PathBuf, bytes: &[u8]) -> Result<(), TestCaseError> {
 #[test]
 fn model_reader_never_panics_on_mutated_files() {
     let valid = valid_model_bytes();
-    let path = temp("model-mutated.safetensors");
-    let n = cases(4000);
-    let mut runner = TestRunner::new(Config {
-        cases: n,
-        failure_persistence: None,
-        ..Config::default()
-    });
     let len = valid.len();
     let edits = prop::collection::vec((0..len, any::<u8>()), 0..6);
     let cut = prop_oneof![Just(None), (0..len).prop_map(Some)];
-    runner
-        .run(&(edits, cut), |(edits, cut)| {
+    let what = "model reader, mutated valid files";
+    fuzz(
+        what,
+        "model-mutated.safetensors",
+        4000,
+        (edits, cut),
+        |path, (edits, cut)| {
             let mut b = valid.clone();
             for (i, v) in edits {
                 b[i] = v;
@@ -179,23 +188,14 @@ fn model_reader_never_panics_on_mutated_files() {
             if let Some(c) = cut {
                 b.truncate(c);
             }
-            check_model(&path, &b)
-        })
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    report("model reader, mutated valid files", n);
+            check_model(path, &b)
+        },
+    );
 }
 
 #[test]
 fn model_reader_never_panics_on_forged_headers() {
     // A well-formed length prefix with an arbitrary JSON-ish header: names, dtypes, shapes and offsets that lie.
-    let path = temp("model-forged.safetensors");
-    let n = cases(3000);
-    let mut runner = TestRunner::new(Config {
-        cases: n,
-        failure_persistence: None,
-        ..Config::default()
-    });
     let name = prop_oneof![
         Just("encoder.0.kernel"),
         Just("encoder.0.bias"),
@@ -222,8 +222,13 @@ fn model_reader_never_panics_on_forged_headers() {
         meta,
         prop::collection::vec(any::<u8>(), 0..64),
     );
-    runner
-        .run(&strategy, |(entries, meta, data)| {
+    let what = "model reader, forged headers";
+    fuzz(
+        what,
+        "model-forged.safetensors",
+        3000,
+        strategy,
+        |path, (entries, meta, data)| {
             let body: Vec<String> = entries
                 .iter()
                 .map(|(n, d, shape, a, b)| {
@@ -234,9 +239,7 @@ fn model_reader_never_panics_on_forged_headers() {
             let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
             bytes.extend_from_slice(header.as_bytes());
             bytes.extend_from_slice(&data);
-            check_model(&path, &bytes)
-        })
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    report("model reader, forged headers", n);
+            check_model(path, &bytes)
+        },
+    );
 }
