@@ -725,12 +725,7 @@ impl Progress {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let model = io::load_model(&a.model)?;
-    let data = app::load_for_model(&a.data, &model)?;
-    let device = app::resolve_device(a.device)?;
-    let result = with_backend!(device, |backend| app::evaluate(
-        backend, &model, &data, false, false
-    )?);
+    let (_, data, result) = run_model(&a.model, &a.data, a.device, false, false)?;
     if a.json {
         let obj = serde_json::json!({
             "mse": result.mse,
@@ -750,14 +745,26 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loads a model and a data set for it, and runs the model forward over every row on `device`.
+fn run_model(
+    model: &Path,
+    data: &Path,
+    device: DeviceChoice,
+    want_codes: bool,
+    want_recon: bool,
+) -> Result<(ModelFile, Dataset, app::Evaluation)> {
+    let model = io::load_model(model)?;
+    let data = app::load_for_model(data, &model)?;
+    let device = app::resolve_device(device)?;
+    let result = with_backend!(device, |backend| app::evaluate(
+        backend, &model, &data, want_codes, want_recon
+    )?);
+    Ok((model, data, result))
+}
+
 fn encode(a: EncodeArgs) -> Result<()> {
     check_out_path("--out", &a.out)?;
-    let model = io::load_model(&a.model)?;
-    let data = app::load_for_model(&a.data, &model)?;
-    let device = app::resolve_device(a.device)?;
-    let result = with_backend!(device, |backend| app::evaluate(
-        backend, &model, &data, true, false
-    )?);
+    let (model, data, result) = run_model(&a.model, &a.data, a.device, true, false)?;
     let k = model.spec.code_width();
     let n_ignored = data.ignored_names.len();
     io::write_atomic(&a.out, |w| {
@@ -789,12 +796,7 @@ fn encode(a: EncodeArgs) -> Result<()> {
 
 fn reconstruct(a: ReconstructArgs) -> Result<()> {
     check_out_path("--out", &a.out)?;
-    let model = io::load_model(&a.model)?;
-    let data = app::load_for_model(&a.data, &model)?;
-    let device = app::resolve_device(a.device)?;
-    let result = with_backend!(device, |backend| app::evaluate(
-        backend, &model, &data, false, true
-    )?);
+    let (model, data, result) = run_model(&a.model, &a.data, a.device, false, true)?;
     let d = data.cols;
     let errors: Vec<f64> = data
         .values

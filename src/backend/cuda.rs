@@ -339,6 +339,20 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
+/// The launch shape of `gather_rows` and `gather_rows_half` (kernels/data.cu): threads along a row's
+/// columns, blockIdx.y striding over the output rows.
+fn gather_config(cols: usize, out_rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            cols.div_ceil(THREADS as usize).min(MAX_GRID_Y) as u32,
+            out_rows.min(MAX_GRID_Y) as u32,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Everything that decides whether GPU `ordinal` can run our kernels, without creating a context: kernels
 /// built in, a driver, the device there, a compute capability the PTX can target. `CudaBackend::new` and
 /// `--device auto` both ask this, so auto falls back to the CPU in exactly the cases `new` would refuse.
@@ -568,15 +582,7 @@ impl Backend for CudaBackend {
         let (p_idx, p_out) = (self.idx_ptr(idx), self.ptr(out));
         let (out_rows, cols_u, data_rows) = (idx.len as u64, cols as u64, (data_len / cols) as u64);
         let format_code = format as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (
-                cols.div_ceil(THREADS as usize).min(MAX_GRID_Y) as u32,
-                idx.len.min(MAX_GRID_Y) as u32,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = gather_config(cols, idx.len);
         let mut launch = self.stream.launch_builder(&self.k.gather_rows_half);
         launch
             .arg(&p_data)
@@ -677,15 +683,7 @@ impl Backend for CudaBackend {
         }
         let (p_data, p_idx, p_out) = (self.ptr(data), self.idx_ptr(idx), self.ptr(out));
         let (out_rows, cols_u, data_rows) = (idx.len as u64, cols as u64, (data.len / cols) as u64);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                cols.div_ceil(THREADS as usize).min(MAX_GRID_Y) as u32,
-                idx.len.min(MAX_GRID_Y) as u32,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = gather_config(cols, idx.len);
         let mut launch = self.stream.launch_builder(&self.k.gather_rows);
         launch
             .arg(&p_data)
