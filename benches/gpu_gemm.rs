@@ -1,6 +1,8 @@
 //! Our CUDA GEMM (kernels/gemm.cu, through the `Backend` trait) against cuBLAS SGEMM (cudarc's cublas, used
 //! by this benchmark only), at 1024³, 4096³ and the shapes a training step of the `tiedae bench` workloads
-//! runs, in every transposition those use; then one training epoch per workload on the GPU.
+//! runs, in every transposition those use; then one training epoch per workload on the GPU. Both of our
+//! tilings run at every shape (`ours-64`: `gemm`, `ours-128`: `gemm_large`), so one run shows which the
+//! automatic pick (`GemmKernel::Auto`) should choose where.
 //! `cargo bench --bench gpu_gemm`. Without a usable GPU it prints SKIPPED and exits successfully.
 //!
 //! Timing: criterion's `iter_custom`, with the stream synchronized before the clock is read, so queued work
@@ -10,7 +12,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig};
 use std::time::{Duration, Instant};
-use tiedae::backend::cuda::CudaBackend;
+use tiedae::backend::cuda::{CudaBackend, GemmKernel};
 use tiedae::backend::{Backend, Gemm, Region, Trans};
 use tiedae::bench::{synthetic_data, Workload};
 use tiedae::train::Network;
@@ -88,17 +90,24 @@ fn bench_gemm(c: &mut Criterion) {
             alpha: 1.0,
             beta: 0.0,
         };
-        group.bench_function(BenchmarkId::new("ours", &id), |bench| {
-            bench.iter_custom(|iters| {
-                ours.synchronize().unwrap();
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    ours.gemm(g, a, b, cr).unwrap();
-                }
-                ours.synchronize().unwrap();
-                t0.elapsed()
-            })
-        });
+        for (name, kernel) in [
+            ("ours-64", GemmKernel::Tile64),
+            ("ours-128", GemmKernel::Large),
+        ] {
+            ours.set_gemm_kernel(kernel);
+            group.bench_function(BenchmarkId::new(name, &id), |bench| {
+                bench.iter_custom(|iters| {
+                    ours.synchronize().unwrap();
+                    let t0 = Instant::now();
+                    for _ in 0..iters {
+                        ours.gemm(g, a, b, cr).unwrap();
+                    }
+                    ours.synchronize().unwrap();
+                    t0.elapsed()
+                })
+            });
+        }
+        ours.set_gemm_kernel(GemmKernel::Auto);
 
         // cuBLAS: column-major Cᵀ (n×m) = op(B)ᵀ (n×k) · op(A)ᵀ (k×m) on the same row-major buffers.
         let da = stream.clone_htod(&host_a).unwrap();
@@ -130,7 +139,8 @@ fn bench_gemm(c: &mut Criterion) {
             })
         });
 
-        // The two must agree (same product, different summation orders).
+        // Ours (the last tiling run; the tests show both tilings give the same C) and cuBLAS must agree
+        // (same product, different summation orders).
         let mut mine = vec![0.0f32; m * n];
         ours.download(cr, &mut mine).unwrap();
         let theirs = stream.clone_dtoh(&dc).unwrap();

@@ -26,7 +26,7 @@ use common::{assert_close, env_flag, gpu_backend};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tiedae::activation::Activation;
-use tiedae::backend::cuda::{self, CudaBackend};
+use tiedae::backend::cuda::{self, CudaBackend, GemmKernel};
 use tiedae::backend::{AdamStep, Backend, CpuBackend, Gemm, IdxRegion, Region, Trans};
 
 const PAD: usize = 5;
@@ -102,6 +102,8 @@ const GEMM_SHAPES: &[(usize, usize, usize)] = &[
     (784, 32, 256),
     (64, 32, 784),
     (5, 3, 0),
+    (300, 260, 37),
+    (129, 131, 8),
 ];
 
 /// C after one GEMM on `be`. C starts as `c0` when beta != 0; with beta == 0 it starts as NaN when
@@ -124,15 +126,29 @@ fn gemm_on<B: Backend<Scalar = f32>>(
     take(be, rc, "gemm C")
 }
 
+/// Both tilings of gemm.cu against the CPU, and against each other: they sum every element in the same
+/// order, so they must agree exactly (`==`, which also equates the 0 and −0 that zero padding may produce).
 fn check_gemm(gpu: &mut CudaBackend, g: Gemm, seed: u64) {
     let Gemm { m, n, k, .. } = g;
     let a = values(seed, m * k, -1.0, 1.0);
     let b = values(seed + 1, k * n, -1.0, 1.0);
     let c0 = values(seed + 2, m * n, -1.0, 1.0);
     let want = gemm_on(&mut cpu(), g, &a, &b, &c0, false);
-    let got = gemm_on(gpu, g, &a, &b, &c0, true);
     let atol = 2e-6 * (k as f32 + 1.0) * g.alpha.abs().max(1.0) + 1e-6;
-    assert_close(&format!("gemm {g:?}"), &got, &want, atol, 1e-5);
+    let mut results = Vec::new();
+    for kernel in [GemmKernel::Tile64, GemmKernel::Large] {
+        gpu.set_gemm_kernel(kernel);
+        let got = gemm_on(gpu, g, &a, &b, &c0, true);
+        assert_close(&format!("gemm {kernel:?} {g:?}"), &got, &want, atol, 1e-5);
+        results.push(got);
+    }
+    gpu.set_gemm_kernel(GemmKernel::Auto);
+    if let Some(i) = (0..results[0].len()).find(|&i| results[0][i] != results[1][i]) {
+        panic!(
+            "gemm {g:?}: the 64×64 and 128×128 tilings differ at {i}: {} vs {}",
+            results[0][i], results[1][i]
+        );
+    }
 }
 
 #[test]
@@ -229,6 +245,63 @@ fn gemm_tied_kernel_both_orientations_accumulate() {
         .zip(got.iter().zip(&want))
     {
         assert_close(name, g, w, 2e-4, 1e-5);
+    }
+}
+
+/// The forward pass's fused GEMM + bias + activation: on the GPU it equals `gemm` then `bias_act` bit for bit
+/// (same rounding, see `gemm_epilogue` in gemm.cu), with either tiling; and it is close to the CPU's.
+#[test]
+fn gemm_bias_act_equals_gemm_then_bias_act() {
+    let Some(mut gpu) = gpu_backend("gemm_bias_act_equals_gemm_then_bias_act") else {
+        return;
+    };
+    let mut seed = 500;
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (7, 51, 129),
+        (256, 784, 64),
+        (256, 64, 784),
+        (300, 260, 37),
+    ] {
+        for trans_b in [Trans::N, Trans::T] {
+            for act in Activation::ALL {
+                let g = Gemm::new(Trans::N, trans_b, m, n, k);
+                let a = values(seed, m * k, -1.0, 1.0);
+                let b = values(seed + 1, k * n, -0.3, 0.3);
+                let bias = values(seed + 2, n, -1.0, 1.0);
+                seed += 3;
+                let mut cpu = cpu();
+                let (ca, cb, cbias, cc) = (
+                    put(&mut cpu, &a),
+                    put(&mut cpu, &b),
+                    put(&mut cpu, &bias),
+                    nans(&mut cpu, m * n),
+                );
+                cpu.gemm_bias_act(g, ca, cb, cc, cbias, act).unwrap();
+                let want = take(&mut cpu, cc, "cpu gemm_bias_act");
+                for kernel in [GemmKernel::Tile64, GemmKernel::Large] {
+                    gpu.set_gemm_kernel(kernel);
+                    let (ga, gb, gbias) =
+                        (put(&mut gpu, &a), put(&mut gpu, &b), put(&mut gpu, &bias));
+                    let (fused_c, split_c) = (nans(&mut gpu, m * n), nans(&mut gpu, m * n));
+                    gpu.gemm_bias_act(g, ga, gb, fused_c, gbias, act).unwrap();
+                    gpu.gemm(g, ga, gb, split_c).unwrap();
+                    gpu.bias_act(split_c, n, gbias, act).unwrap();
+                    let fused = take(&mut gpu, fused_c, "gpu gemm_bias_act");
+                    let split = take(&mut gpu, split_c, "gpu gemm + bias_act");
+                    let what = format!("gemm_bias_act {kernel:?} {act} {m}×{n}×{k} {trans_b:?}");
+                    if let Some(i) = (0..fused.len()).find(|&i| fused[i] != split[i]) {
+                        panic!(
+                            "{what}: fused {} vs gemm + bias_act {} at {i}",
+                            fused[i], split[i]
+                        );
+                    }
+                    let atol = 2e-6 * (k as f32 + 1.0) + 1e-6;
+                    assert_close(&what, &fused, &want, atol, 1e-5);
+                }
+                gpu.set_gemm_kernel(GemmKernel::Auto);
+            }
+        }
     }
 }
 
@@ -799,6 +872,7 @@ fn embedded_ptx_has_every_kernel_entry() {
     let modules = cuda::ptx_modules();
     for entry in [
         "gemm",
+        "gemm_large",
         "bias_act",
         "act_backward",
         "fill",

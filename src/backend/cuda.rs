@@ -46,12 +46,16 @@ pub const NO_DRIVER_MESSAGE: &str =
 const THREADS: u32 = 256;
 /// Cap on the grid of the element-wise kernels: 4096·256 threads keep any GPU busy.
 const MAX_BLOCKS: usize = 4096;
-/// `GEMM_THREADS` in gemm.cu: one block computes a GEMM_TILE × GEMM_TILE tile of C.
+/// `GEMM_THREADS` in gemm.cu: one block of `gemm` computes a GEMM_TILE × GEMM_TILE tile of C.
 const GEMM_THREADS: u32 = 256;
 /// `BM` = `BN` in gemm.cu.
 const GEMM_TILE: usize = 64;
+/// `GEMM_LARGE_THREADS` in gemm.cu: one block of `gemm_large` computes a GEMM_LARGE_TILE² tile of C.
+const GEMM_LARGE_THREADS: u32 = 256;
+/// `LBM` = `LBN` in gemm.cu.
+const GEMM_LARGE_TILE: usize = 128;
 /// The GEMM's int indices need room for one more tile (see gemm.cu).
-const GEMM_MAX_DIM: usize = i32::MAX as usize - 128;
+const GEMM_MAX_DIM: usize = i32::MAX as usize - 256;
 /// `MSE_THREADS` in loss.cu, and `SUM_SQUARES_THREADS` in constraints.cu (whose partials `mse_finalize` sums).
 const MSE_THREADS: u32 = 256;
 /// `MSE_MAX_BLOCKS` in loss.cu: the size of the partial-sum scratch buffer (of `mse_backward` and of
@@ -164,6 +168,8 @@ pub struct DeviceInfo {
     /// (major, minor): (6, 1) for a GTX 1080, (9, 0) for an H100.
     pub compute_capability: (i32, i32),
     pub total_memory_bytes: usize,
+    /// Streaming multiprocessors (the GEMM picks its tiling by how many of them a product's tiles fill).
+    pub multiprocessors: usize,
     /// The CUDA version the driver supports, e.g. "12.2" (`cuDriverGetVersion`).
     pub driver_version: String,
 }
@@ -174,7 +180,7 @@ fn device_info(ordinal: usize) -> Result<DeviceInfo> {
         let dev = cu::device::get(ordinal as i32)?;
         let name = cu::device::get_name(dev)?;
         // SAFETY: `dev` is a valid device handle from cuDeviceGet after a successful cuInit.
-        let (major, minor, total) = unsafe {
+        let (major, minor, total, sms) = unsafe {
             (
                 cu::device::get_attribute(
                     dev,
@@ -185,6 +191,10 @@ fn device_info(ordinal: usize) -> Result<DeviceInfo> {
                     CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
                 )?,
                 cu::device::total_mem(dev)?,
+                cu::device::get_attribute(
+                    dev,
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                )?,
             )
         };
         let mut version = 0i32;
@@ -195,6 +205,7 @@ fn device_info(ordinal: usize) -> Result<DeviceInfo> {
             name: name.trim().to_string(),
             compute_capability: (major, minor),
             total_memory_bytes: total,
+            multiprocessors: sms.max(1) as usize,
             driver_version: format!("{}.{}", version / 1000, (version % 1000) / 10),
         })
     })
@@ -221,6 +232,7 @@ unsafe impl DeviceRepr for AdamConfig {}
 /// Every kernel entry point, looked up once.
 struct Kernels {
     gemm: CudaFunction,
+    gemm_large: CudaFunction,
     bias_act: CudaFunction,
     act_backward: CudaFunction,
     fill: CudaFunction,
@@ -253,6 +265,7 @@ impl Kernels {
         };
         Ok(Kernels {
             gemm: get("gemm", "gemm")?,
+            gemm_large: get("gemm", "gemm_large")?,
             bias_act: get("elementwise", "bias_act")?,
             act_backward: get("elementwise", "act_backward")?,
             fill: get("elementwise", "fill")?,
@@ -326,6 +339,47 @@ pub struct CudaBackend {
     /// MSE_MAX_BLOCKS per-block partial sums of `mse_backward` and `sum_squares` (a fixed cost of the
     /// backend; stream order makes sharing it safe).
     mse_partials: CudaSlice<f64>,
+    gemm_kernel: GemmKernel,
+}
+
+/// Which tiling of kernels/gemm.cu runs a product. Both compute the same C (see gemm.cu); `Auto` picks
+/// `Large` when its 128×128 tiles alone fill every SM at least once, and the 64×64 `gemm` otherwise (the
+/// narrow products of a training step would leave most SMs idle with big tiles). `TIEDAE_CUDA_GEMM=64` or
+/// `=128` forces one, to measure one against the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmKernel {
+    Auto,
+    Tile64,
+    Large,
+}
+
+impl GemmKernel {
+    /// `TIEDAE_CUDA_GEMM`: unset or `auto`, `64`, `128`.
+    fn from_env() -> Result<GemmKernel> {
+        match std::env::var("TIEDAE_CUDA_GEMM").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(GemmKernel::Auto),
+            Ok("64") => Ok(GemmKernel::Tile64),
+            Ok("128") => Ok(GemmKernel::Large),
+            Ok(other) => Err(Error::Device(format!(
+                "TIEDAE_CUDA_GEMM={other} is not one of auto, 64, 128"
+            ))),
+        }
+    }
+
+    /// The tiling `self` uses for an m×n product on a GPU with `sms` multiprocessors.
+    pub fn pick(self, m: usize, n: usize, sms: usize) -> GemmKernel {
+        match self {
+            GemmKernel::Auto => {
+                let large_tiles = m.div_ceil(GEMM_LARGE_TILE) * n.div_ceil(GEMM_LARGE_TILE);
+                if large_tiles >= sms {
+                    GemmKernel::Large
+                } else {
+                    GemmKernel::Tile64
+                }
+            }
+            fixed => fixed,
+        }
+    }
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -436,7 +490,89 @@ impl CudaBackend {
             halves: Vec::new(),
             bytes: MSE_MAX_BLOCKS * std::mem::size_of::<f64>(),
             mse_partials,
+            gemm_kernel: GemmKernel::from_env()?,
         })
+    }
+
+    /// Forces one GEMM tiling (benchmarks and tests compare them); `GemmKernel::Auto` is the default.
+    pub fn set_gemm_kernel(&mut self, kernel: GemmKernel) {
+        self.gemm_kernel = kernel;
+    }
+
+    /// `gemm` and `gemm_bias_act`: one launch of the tiling `self.gemm_kernel` picks for the shape.
+    fn launch_gemm(
+        &mut self,
+        g: Gemm,
+        a: Region,
+        b: Region,
+        c: Region,
+        epilogue: Option<(Region, Activation)>,
+    ) -> Result<()> {
+        let Gemm { m, n, k, .. } = g;
+        assert_eq!(a.len, m * k, "gemm A size");
+        assert_eq!(b.len, k * n, "gemm B size");
+        assert_eq!(c.len, m * n, "gemm C size");
+        assert_disjoint("gemm", c, a);
+        assert_disjoint("gemm", c, b);
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        assert!(
+            m <= GEMM_MAX_DIM && n <= GEMM_MAX_DIM && k <= GEMM_MAX_DIM,
+            "gemm dimensions {m}×{n}×{k} exceed the kernel's int indices"
+        );
+        // K == 0 leaves beta·C (or 0); the kernel's accumulators are 0, and alpha·0 must not become NaN.
+        let alpha = if k == 0 { 0.0f32 } else { g.alpha };
+        let (p_a, p_b, p_c) = (self.ptr(a), self.ptr(b), self.ptr(c));
+        // A null bias means no bias and no activation (the kernel's contract).
+        let (p_bias, act) = match epilogue {
+            Some((bias, act)) => (self.ptr(bias), act.code()),
+            None => (0u64, Activation::Linear.code()),
+        };
+        let (m_i, n_i, k_i) = (m as i32, n as i32, k as i32);
+        let trans_a = i32::from(g.trans_a == Trans::T);
+        let trans_b = i32::from(g.trans_b == Trans::T);
+        let (function, name, tile, threads) =
+            match self.gemm_kernel.pick(m, n, self.info.multiprocessors) {
+                GemmKernel::Large => (
+                    &self.k.gemm_large,
+                    "gemm_large",
+                    GEMM_LARGE_TILE,
+                    GEMM_LARGE_THREADS,
+                ),
+                _ => (&self.k.gemm, "gemm", GEMM_TILE, GEMM_THREADS),
+            };
+        let cfg = LaunchConfig {
+            grid_dim: (
+                m.div_ceil(tile) as u32, // <= 2^25: within gridDim.x's 2^31 - 1
+                n.div_ceil(tile).min(MAX_GRID_Y) as u32,
+                1,
+            ),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(function);
+        launch
+            .arg(&p_a)
+            .arg(&p_b)
+            .arg(&p_c)
+            .arg(&m_i)
+            .arg(&n_i)
+            .arg(&k_i)
+            .arg(&trans_a)
+            .arg(&trans_b)
+            .arg(&alpha)
+            .arg(&g.beta)
+            .arg(&p_bias)
+            .arg(&act);
+        // SAFETY: gemm and gemm_large both take (const float* A, const float* B, float* C, int M, int N,
+        // int K, int trans_a, int trans_b, float alpha, float beta, const float* bias, unsigned act). A, B, C
+        // hold exactly m·k, k·n, m·n floats (asserted) inside live buffers (checked by `ptr`), bias is null
+        // or n floats (asserted by gemm_bias_act, checked by `ptr`), M, N, K fit the kernels' int arithmetic
+        // (asserted), and the kernels bounds-check every element against M, N, K and read bias[j] for j < N
+        // only; C overlaps neither A, B nor the bias (asserted). Both stride over tiles, so any grid works.
+        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error(name, e))?;
+        Ok(())
     }
 
     /// The GPU this backend runs on.
@@ -703,52 +839,23 @@ impl Backend for CudaBackend {
     // C = alpha·op(A)·op(B) + beta·C. A is (m,k), or (k,m) when trans_a; B is (k,n), or (n,k) when trans_b;
     // C is (m,n); all row-major. Twin of `gemm` in cpu.rs.
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()> {
-        let Gemm { m, n, k, .. } = g;
-        assert_eq!(a.len, m * k, "gemm A size");
-        assert_eq!(b.len, k * n, "gemm B size");
-        assert_eq!(c.len, m * n, "gemm C size");
-        assert_disjoint("gemm", c, a);
-        assert_disjoint("gemm", c, b);
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        assert!(
-            m <= GEMM_MAX_DIM && n <= GEMM_MAX_DIM && k <= GEMM_MAX_DIM,
-            "gemm dimensions {m}×{n}×{k} exceed the kernel's int indices"
-        );
-        // K == 0 leaves beta·C (or 0); the kernel's accumulators are 0, and alpha·0 must not become NaN.
-        let alpha = if k == 0 { 0.0f32 } else { g.alpha };
-        let (p_a, p_b, p_c) = (self.ptr(a), self.ptr(b), self.ptr(c));
-        let (m_i, n_i, k_i) = (m as i32, n as i32, k as i32);
-        let trans_a = i32::from(g.trans_a == Trans::T);
-        let trans_b = i32::from(g.trans_b == Trans::T);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                m.div_ceil(GEMM_TILE) as u32, // <= 2^25: within gridDim.x's 2^31 - 1
-                n.div_ceil(GEMM_TILE).min(MAX_GRID_Y) as u32,
-                1,
-            ),
-            block_dim: (GEMM_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = self.stream.launch_builder(&self.k.gemm);
-        launch
-            .arg(&p_a)
-            .arg(&p_b)
-            .arg(&p_c)
-            .arg(&m_i)
-            .arg(&n_i)
-            .arg(&k_i)
-            .arg(&trans_a)
-            .arg(&trans_b)
-            .arg(&alpha)
-            .arg(&g.beta);
-        // SAFETY: gemm(const float* A, const float* B, float* C, int M, int N, int K, int trans_a,
-        // int trans_b, float alpha, float beta). A, B, C hold exactly m·k, k·n, m·n floats (asserted) inside
-        // live buffers (checked by `ptr`), M, N, K fit the kernel's int arithmetic (asserted), and the kernel
-        // bounds-checks every element against M, N, K; C overlaps neither A nor B (asserted).
-        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("gemm", e))?;
-        Ok(())
+        self.launch_gemm(g, a, b, c, None)
+    }
+
+    // The same product with bias is (n) and C = f(C + bias) in the GEMM's epilogue (gemm.cu). Equals `gemm`
+    // followed by `bias_act` bit for bit (same rounding, see `gemm_epilogue`).
+    fn gemm_bias_act(
+        &mut self,
+        g: Gemm,
+        a: Region,
+        b: Region,
+        c: Region,
+        bias: Region,
+        act: Activation,
+    ) -> Result<()> {
+        assert_eq!(bias.len, g.n, "gemm_bias_act bias size");
+        assert_disjoint("gemm_bias_act", c, bias);
+        self.launch_gemm(g, a, b, c, Some((bias, act)))
     }
 
     // z is (rows, cols), bias is (cols): z = f(z + bias) in place. Twin of `bias_act` in cpu.rs.

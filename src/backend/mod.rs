@@ -303,6 +303,22 @@ pub trait Backend {
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()>;
     /// z is (rows, cols), bias is (cols): `z = f(z + bias)` in place.
     fn bias_act(&mut self, z: Region, cols: usize, bias: Region, act: Activation) -> Result<()>;
+    /// A layer's forward pass: `c = f(op(a)·op(b) + bias)` for a product with α = 1, β = 0 (`bias` is
+    /// (g.n)). The same as [`Backend::gemm`] then [`Backend::bias_act`], which is what this default does; the
+    /// CUDA backend fuses the two into the GEMM's epilogue (one launch and one pass over c fewer) with the
+    /// same rounding.
+    fn gemm_bias_act(
+        &mut self,
+        g: Gemm,
+        a: Region,
+        b: Region,
+        c: Region,
+        bias: Region,
+        act: Activation,
+    ) -> Result<()> {
+        self.gemm(g, a, b, c)?;
+        self.bias_act(c, g.n, bias, act)
+    }
     /// grad and y are (rows, cols): `grad *= f'(y)` in place, with y = f(z) the layer's output.
     fn act_backward(&mut self, grad: Region, y: Region, act: Activation) -> Result<()>;
     /// pred, target, grad are (rows, cols): `grad = 2/count·(pred − target)·f'(pred)` (the MSE gradient taken

@@ -392,10 +392,9 @@ impl<B: Backend> Network<B> {
             };
             let h_out = self.enc_out[i].prefix(n * w[i + 1]);
             let g = Gemm::new(Trans::N, Trans::N, n, w[i + 1], w[i]);
-            self.backend.gemm(g, h_in, self.kernel(i), h_out)?;
             let act = self.spec.encoder_activation(i);
             self.backend
-                .bias_act(h_out, w[i + 1], self.enc_bias(i), act)?;
+                .gemm_bias_act(g, h_in, self.kernel(i), h_out, self.enc_bias(i), act)?;
         }
         self.decode(n)
     }
@@ -408,9 +407,9 @@ impl<B: Backend> Network<B> {
             let g_in = self.decoder_input(i, n);
             let g_out = self.dec_out[i].prefix(n * w[i]);
             let g = Gemm::new(Trans::N, Trans::T, n, w[i], w[i + 1]);
-            self.backend.gemm(g, g_in, self.kernel(i), g_out)?;
             let act = self.spec.decoder_activation(i);
-            self.backend.bias_act(g_out, w[i], self.dec_bias(i), act)?;
+            self.backend
+                .gemm_bias_act(g, g_in, self.kernel(i), g_out, self.dec_bias(i), act)?;
         }
         Ok(())
     }

@@ -1,0 +1,92 @@
+//! The CUDA kernels' own source, compiled for the CPU and run there: the check that needs no GPU.
+//!
+//! `tests/kernels_on_cpu/include/cuda_on_cpu.h` maps CUDA's built-ins onto C++ (one OS thread per GPU
+//! thread, real barriers for `__syncthreads`), so a C++ compiler builds `kernels/*.cu` unchanged; each
+//! `*_checks.cpp` beside it launches a kernel the way `src/backend/cuda.rs` does and compares it with an f64
+//! reference of its contract (and the GEMM's two tilings with each other). This catches indexing, bounds,
+//! tiling and barrier-placement bugs on any machine; it cannot measure speed or show warp-level or
+//! memory-model effects (compute-sanitizer on a GPU does: scripts/gpu-check.sh).
+//!
+//! Needs a C++20 compiler (`CXX`, else `g++`, else `clang++`). Without one the test prints SKIPPED, unless
+//! `TIEDAE_REQUIRE_KERNELS=1` (set by CI, whose nvcc needs g++ anyway), which makes it fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn compiler() -> Option<String> {
+    let candidates = std::env::var("CXX")
+        .ok()
+        .into_iter()
+        .chain(["g++".to_string(), "clang++".to_string()]);
+    candidates.into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Compiles `tests/kernels_on_cpu/<name>.cpp` against the kernels and runs it; panics with its output on
+/// failure. Returns false (after printing SKIPPED) when there is no compiler and none is required.
+fn build_and_run(name: &str) -> bool {
+    let Some(cxx) = compiler() else {
+        assert!(
+            !common::env_flag("TIEDAE_REQUIRE_KERNELS"),
+            "{name}: TIEDAE_REQUIRE_KERNELS=1 but no C++ compiler (CXX, g++, clang++) was found"
+        );
+        common::skipped(&format!("{name}: no C++ compiler (CXX, g++, clang++)"));
+        return false;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = root.join("tests/kernels_on_cpu");
+    let exe: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-on-cpu"));
+    let out = Command::new(&cxx)
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-pthread",
+            "-ffp-contract=off",
+            "-Wall",
+        ])
+        // The kernels' `#pragma unroll` means nothing to a host compiler.
+        .arg("-Wno-unknown-pragmas")
+        .arg("-include")
+        .arg(here.join("include/cuda_on_cpu.h"))
+        .arg("-I")
+        .arg(here.join("include"))
+        .arg("-I")
+        .arg(root.join("kernels"))
+        .args(["-x", "c++"])
+        .arg(here.join(format!("{name}.cpp")))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cxx}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cxx} could not build {name}.cpp:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    eprint!("{stdout}");
+    assert!(
+        run.status.success(),
+        "{name} failed ({}):\n{stdout}{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    true
+}
+
+/// Both tilings of kernels/gemm.cu (`gemm` 64×64 and `gemm_large` 128×128 with float4 loads and double
+/// buffering), every orientation, edge shapes, misaligned operands, capped grids, α/β and the fused
+/// bias + activation epilogue.
+#[test]
+fn gemm_kernels_on_cpu() {
+    build_and_run("gemm_checks");
+}
