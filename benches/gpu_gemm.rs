@@ -1,8 +1,9 @@
 //! Our CUDA GEMM (kernels/gemm.cu, through the `Backend` trait) against cuBLAS SGEMM (cudarc's cublas, used
 //! by this benchmark only), at 1024³, 4096³ and the shapes a training step of the `tiedae bench` workloads
-//! runs, in every transposition those use; then one training epoch per workload on the GPU. Both of our
-//! tilings run at every shape (`ours-64`: `gemm`, `ours-128`: `gemm_large`), so one run shows which the
-//! automatic pick (`GemmKernel::Auto`) should choose where.
+//! runs, in every transposition those use; then one training epoch per workload on the GPU. Every one of our
+//! GEMM plans runs at every shape (`ours-64`: `gemm`, `ours-128`: `gemm_large`, `ours-splitk`: `gemm` over
+//! slices of K + `gemm_split_reduce`) besides `ours-auto` (what training uses), so one run shows whether the
+//! automatic pick (`GemmKernel::plan`) chooses well.
 //! `cargo bench --bench gpu_gemm`. Without a usable GPU it prints SKIPPED and exits successfully.
 //!
 //! Timing: criterion's `iter_custom`, with the stream synchronized before the clock is read, so queued work
@@ -93,6 +94,8 @@ fn bench_gemm(c: &mut Criterion) {
         for (name, kernel) in [
             ("ours-64", GemmKernel::Tile64),
             ("ours-128", GemmKernel::Large),
+            ("ours-splitk", GemmKernel::SplitK),
+            ("ours-auto", GemmKernel::Auto),
         ] {
             ours.set_gemm_kernel(kernel);
             group.bench_function(BenchmarkId::new(name, &id), |bench| {

@@ -67,9 +67,17 @@ __device__ __forceinline__ float gemm_epilogue(float acc, float alpha, float bet
 // op(A)(i, k) = trans_a ? A[k·M + i] : A[i·K + k];  op(B)(k, j) = trans_b ? B[j·K + k] : B[k·N + j].
 // beta == 0 never reads C (it may hold garbage or NaN). bias is (N) or null (no bias, no activation); act is
 // an activation code of common.cuh, used only with a bias.
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+//
+// Split-K (partials != null): for the narrow products of a training step (a 256×256 C is 16 tiles, on a GPU
+// with 132 SMs) the host also splits K. Block z of gridDim.z sums k in [z·k_split, min(K, (z+1)·k_split))
+// (k_split a multiple of BK) and writes its raw sums to partials[z][M][N]; `gemm_split_reduce` then adds
+// the gridDim.z partials in z order and applies the epilogue. Deterministic, but summed in another order
+// than the unsplit kernels (the tests compare it with the CPU, not bit for bit with them). With partials
+// null, k_split is ignored and gridDim.z must be 1.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2)
 gemm(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, int M, int N, int K,
-     int trans_a, int trans_b, float alpha, float beta, const float* __restrict__ bias, unsigned int act) {
+     int trans_a, int trans_b, float alpha, float beta, const float* __restrict__ bias, unsigned int act,
+     float* __restrict__ partials, int k_split) {
     __shared__ __align__(16) float As[BK][BM + SMEM_PAD];  // As[k][i] = op(A)(m0 + i, k0 + k)
     __shared__ __align__(16) float Bs[BK][BN + SMEM_PAD];  // Bs[k][j] = op(B)(k0 + k, n0 + j)
 
@@ -78,6 +86,9 @@ gemm(const float* __restrict__ A, const float* __restrict__ B, float* __restrict
     const int ty = tid / (BN / TN);  // this thread's rows:    m0 + ty·TM .. +TM
     const int tiles_m = M / BM + (M % BM != 0);
     const int tiles_n = N / BN + (N % BN != 0);
+    // This block's range of k: all of it, or its split.
+    const int k_lo = partials != nullptr ? (int)blockIdx.z * k_split : 0;
+    const int k_hi = partials != nullptr ? min(K, k_lo + k_split) : K;
 
     for (int tile_m = blockIdx.x; tile_m < tiles_m; tile_m += gridDim.x) {
         for (int tile_n = blockIdx.y; tile_n < tiles_n; tile_n += gridDim.y) {
@@ -92,7 +103,7 @@ gemm(const float* __restrict__ A, const float* __restrict__ B, float* __restrict
                 }
             }
 
-            for (int k0 = 0; k0 < K; k0 += BK) {
+            for (int k0 = k_lo; k0 < k_hi; k0 += BK) {
                 // Stage op(A)[m0.., k0..] (BM×BK): BM·BK / GEMM_THREADS = 4 elements per thread.
 #pragma unroll
                 for (int l = 0; l < (BM * BK) / GEMM_THREADS; ++l) {
@@ -108,7 +119,7 @@ gemm(const float* __restrict__ A, const float* __restrict__ B, float* __restrict
                     const int gi = m0 + i;
                     const int gk = k0 + k;
                     float a = 0.0f;
-                    if (gi < M && gk < K) {
+                    if (gi < M && gk < k_hi) {
                         a = trans_a ? A[(size_t)gk * M + gi] : A[(size_t)gi * K + gk];
                     }
                     As[k][i] = a;
@@ -128,7 +139,7 @@ gemm(const float* __restrict__ A, const float* __restrict__ B, float* __restrict
                     const int gk = k0 + k;
                     const int gj = n0 + j;
                     float b = 0.0f;
-                    if (gk < K && gj < N) {
+                    if (gk < k_hi && gj < N) {
                         b = trans_b ? B[(size_t)gj * K + gk] : B[(size_t)gk * N + gj];
                     }
                     Bs[k][j] = b;
@@ -162,13 +173,33 @@ gemm(const float* __restrict__ A, const float* __restrict__ B, float* __restrict
                         const int gj = n0 + tx * TN + c;
                         if (gj < N) {
                             const size_t idx = (size_t)gi * N + gj;
-                            const float c_old = beta != 0.0f ? C[idx] : 0.0f;
-                            C[idx] = gemm_epilogue(acc[r][c], alpha, beta, c_old, bias, gj, act);
+                            if (partials != nullptr) {
+                                partials[(size_t)blockIdx.z * M * N + idx] = acc[r][c];
+                            } else {
+                                const float c_old = beta != 0.0f ? C[idx] : 0.0f;
+                                C[idx] = gemm_epilogue(acc[r][c], alpha, beta, c_old, bias, gj, act);
+                            }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+// The second launch of a split-K product: partials is (splits, M, N) from `gemm`, C is (M, N), bias (N) or
+// null. C = epilogue(Σ_z partials[z]) with the sum taken in z order. Grid-stride over the M·N elements.
+extern "C" __global__ void gemm_split_reduce(const float* __restrict__ partials, int splits,
+                                             float* __restrict__ C, int M, int N, float alpha, float beta,
+                                             const float* __restrict__ bias, unsigned int act) {
+    const unsigned long long total = (unsigned long long)M * N;
+    GRID_STRIDE_LOOP(i, total) {
+        float acc = partials[i];
+        for (int z = 1; z < splits; ++z) {
+            acc = __fadd_rn(acc, partials[(unsigned long long)z * total + i]);
+        }
+        const float c_old = beta != 0.0f ? C[i] : 0.0f;
+        C[i] = gemm_epilogue(acc, alpha, beta, c_old, bias, (int)(i % (unsigned long long)N), act);
     }
 }
 

@@ -2,17 +2,24 @@
 # Checks a gpu-bundle (scripts/gpu-bundle.sh) on a machine with an NVIDIA GPU.
 #
 #   scripts/gpu-check.sh [BUNDLE=gpu-bundle] [LOGDIR=gpu-logs]
+#   GPU_CHECK_SECONDS=540 scripts/gpu-check.sh ...   (a time budget: see below)
 #
 # Run it FROM THE REPO ROOT (a checkout of the commit the bundle was built from): the CLI steps read data/,
 # and the test executables look for their data where the build machine's checkout was (see BUNDLE/MANIFEST).
 # Every step runs, each under `timeout`, each with its own log in LOGDIR; LOGDIR/summary.txt gets one line
 # per step (PASS, FAIL or SKIP, seconds, log). Exits 1 when any step failed. Takes a few minutes.
 #
-# Steps: nvidia-smi, nvcc --version, tiedae info; every test executable with TIEDAE_REQUIRE_GPU=1 and
-# TIEDAE_REQUIRE_KERNELS=1 (so a missing GPU fails instead of skipping); compute-sanitizer memcheck,
-# racecheck, synccheck and initcheck on a one-epoch training run, memcheck and racecheck on the gpu_kernels
-# tests; a CPU-vs-GPU comparison (same seed) through `tiedae eval --json`; `tiedae bench --json --device all`,
-# bench/torch_reference.py on the same GPU, and our GEMM against cuBLAS (benches/gpu_gemm).
+# Steps, most important first: nvidia-smi, nvcc --version, tiedae info; every test executable with
+# TIEDAE_REQUIRE_GPU=1 and TIEDAE_REQUIRE_KERNELS=1 (so a missing GPU fails instead of skipping);
+# compute-sanitizer memcheck, racecheck, synccheck and initcheck on a one-epoch training run; a CPU-vs-GPU
+# comparison (same seed) through `tiedae eval --json`; `tiedae bench --json --device all`, the same GPU bench
+# with the previous session's kernels (TIEDAE_CUDA_GEMM=64 TIEDAE_CUDA_FUSE=0: the before of this one's
+# GEMM work), our GEMM plans against cuBLAS (benches/gpu_gemm), bench/torch_reference.py on the same GPU;
+# last, memcheck and racecheck on the gpu_kernels tests (slow under the sanitizer).
+#
+# GPU_CHECK_SECONDS (default: none) caps the whole run: each step's timeout is cut to the time left, and a
+# step that would start with under 20 s left is noted SKIP ("out of time"), so one device call with a hard
+# limit still comes back with every log written so far.
 set -uo pipefail
 
 bundle="${1:-gpu-bundle}"
@@ -34,6 +41,8 @@ failures=0
 
 export TIEDAE_REQUIRE_GPU=1
 export TIEDAE_REQUIRE_KERNELS=1
+budget="${GPU_CHECK_SECONDS:-0}"
+t_start=$(date +%s)
 
 # note NAME STATUS SECONDS DETAIL
 note() {
@@ -44,8 +53,16 @@ note() {
 step() {
   local name="$1" limit="$2"
   shift 2
-  local log="$logdir/$name.log" start rc status detail
+  local log="$logdir/$name.log" start rc status detail left
   start=$(date +%s)
+  if [ "$budget" -gt 0 ]; then
+    left=$((budget - (start - t_start)))
+    if [ "$left" -lt 20 ]; then
+      note "$name" SKIP 0 "out of time (GPU_CHECK_SECONDS=$budget)"
+      return 0
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+  fi
   {
     echo "\$ $*"
     echo
@@ -119,15 +136,6 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     step "sanitizer-$tool-train" 300 compute-sanitizer --tool "$tool" --error-exitcode 1 \
       "$bundle/tiedae" "${train_args[@]}" --out "$logdir/sanitizer-$tool.safetensors"
   done
-  if [ -x "$bundle/tests/gpu_kernels" ]; then
-    for tool in memcheck racecheck; do
-      step "sanitizer-$tool-gpu_kernels" 420 compute-sanitizer --tool "$tool" --error-exitcode 1 \
-        "$bundle/tests/gpu_kernels" --test-threads=1 --skip ptx_assembles_for_sm61_and_sm90
-    done
-  else
-    note sanitizer-gpu_kernels FAIL 0 "no gpu_kernels test executable in $bundle/tests"
-    failures=$((failures + 1))
-  fi
 else
   note compute-sanitizer FAIL 0 "compute-sanitizer not found (it comes with the CUDA toolkit)"
   failures=$((failures + 1))
@@ -174,16 +182,30 @@ compare "compare-training-cpu-vs-cuda" "$(mse_of eval-cpu-model-on-cpu)" "$(mse_
 # tiedae on every device (CPU and GPU, the same run), PyTorch on the same GPU, our GEMM against cuBLAS.
 step bench-tiedae 420 "$bundle/tiedae" bench --json --device all
 grep '^{' "$logdir/bench-tiedae.log" >"$logdir/bench-tiedae.jsonl" 2>/dev/null || true
+# Before/after of this session's GPU GEMM work: the 64×64 kernel alone, bias and activation unfused.
+step bench-tiedae-before 300 env TIEDAE_CUDA_GEMM=64 TIEDAE_CUDA_FUSE=0 "$bundle/tiedae" bench --json --device cuda
+grep '^{' "$logdir/bench-tiedae-before.log" >"$logdir/bench-tiedae-before.jsonl" 2>/dev/null || true
+if [ -x "$bundle/benches/gpu_gemm" ]; then
+  step bench-gemm-vs-cublas 420 "$bundle/benches/gpu_gemm" --bench --warm-up-time 0.3 --measurement-time 0.7
+else
+  note bench-gemm-vs-cublas FAIL 0 "no benches/gpu_gemm in $bundle"
+  failures=$((failures + 1))
+fi
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   step bench-torch 420 python3 bench/torch_reference.py --device cuda
   grep '^{' "$logdir/bench-torch.log" >"$logdir/bench-torch.jsonl" 2>/dev/null || true
 else
   skip bench-torch "no PyTorch with CUDA here"
 fi
-if [ -x "$bundle/benches/gpu_gemm" ]; then
-  step bench-gemm-vs-cublas 420 "$bundle/benches/gpu_gemm" --bench --warm-up-time 1 --measurement-time 2
+
+# --- compute-sanitizer on every kernel test (slow: last) -----------------------------------------------------
+if command -v compute-sanitizer >/dev/null 2>&1 && [ -x "$bundle/tests/gpu_kernels" ]; then
+  for tool in memcheck racecheck; do
+    step "sanitizer-$tool-gpu_kernels" 420 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+      "$bundle/tests/gpu_kernels" --test-threads=1 --skip ptx_assembles_for_sm61_and_sm90
+  done
 else
-  note bench-gemm-vs-cublas FAIL 0 "no benches/gpu_gemm in $bundle"
+  note sanitizer-gpu_kernels FAIL 0 "no compute-sanitizer, or no gpu_kernels test executable in $bundle/tests"
   failures=$((failures + 1))
 fi
 

@@ -126,8 +126,9 @@ fn gemm_on<B: Backend<Scalar = f32>>(
     take(be, rc, "gemm C")
 }
 
-/// Both tilings of gemm.cu against the CPU, and against each other: they sum every element in the same
-/// order, so they must agree exactly (`==`, which also equates the 0 and −0 that zero padding may produce).
+/// Every GEMM kernel of gemm.cu against the CPU (split-K forced, too); and the two tilings against each
+/// other: they sum every element in the same order, so they must agree exactly (`==`, which also equates
+/// the 0 and −0 that zero padding may produce).
 fn check_gemm(gpu: &mut CudaBackend, g: Gemm, seed: u64) {
     let Gemm { m, n, k, .. } = g;
     let a = values(seed, m * k, -1.0, 1.0);
@@ -136,7 +137,7 @@ fn check_gemm(gpu: &mut CudaBackend, g: Gemm, seed: u64) {
     let want = gemm_on(&mut cpu(), g, &a, &b, &c0, false);
     let atol = 2e-6 * (k as f32 + 1.0) * g.alpha.abs().max(1.0) + 1e-6;
     let mut results = Vec::new();
-    for kernel in [GemmKernel::Tile64, GemmKernel::Large] {
+    for kernel in [GemmKernel::Tile64, GemmKernel::Large, GemmKernel::SplitK] {
         gpu.set_gemm_kernel(kernel);
         let got = gemm_on(gpu, g, &a, &b, &c0, true);
         assert_close(&format!("gemm {kernel:?} {g:?}"), &got, &want, atol, 1e-5);
@@ -279,7 +280,7 @@ fn gemm_bias_act_equals_gemm_then_bias_act() {
                 );
                 cpu.gemm_bias_act(g, ca, cb, cc, cbias, act).unwrap();
                 let want = take(&mut cpu, cc, "cpu gemm_bias_act");
-                for kernel in [GemmKernel::Tile64, GemmKernel::Large] {
+                for kernel in [GemmKernel::Tile64, GemmKernel::Large, GemmKernel::SplitK] {
                     gpu.set_gemm_kernel(kernel);
                     let (ga, gb, gbias) =
                         (put(&mut gpu, &a), put(&mut gpu, &b), put(&mut gpu, &bias));
@@ -873,6 +874,7 @@ fn embedded_ptx_has_every_kernel_entry() {
     for entry in [
         "gemm",
         "gemm_large",
+        "gemm_split_reduce",
         "bias_act",
         "act_backward",
         "fill",

@@ -233,6 +233,7 @@ unsafe impl DeviceRepr for AdamConfig {}
 struct Kernels {
     gemm: CudaFunction,
     gemm_large: CudaFunction,
+    gemm_split_reduce: CudaFunction,
     bias_act: CudaFunction,
     act_backward: CudaFunction,
     fill: CudaFunction,
@@ -266,6 +267,7 @@ impl Kernels {
         Ok(Kernels {
             gemm: get("gemm", "gemm")?,
             gemm_large: get("gemm", "gemm_large")?,
+            gemm_split_reduce: get("gemm", "gemm_split_reduce")?,
             bias_act: get("elementwise", "bias_act")?,
             act_backward: get("elementwise", "act_backward")?,
             fill: get("elementwise", "fill")?,
@@ -340,44 +342,86 @@ pub struct CudaBackend {
     /// backend; stream order makes sharing it safe).
     mse_partials: CudaSlice<f64>,
     gemm_kernel: GemmKernel,
+    /// Whether `gemm_bias_act` fuses (the default) or launches gemm then bias_act; `TIEDAE_CUDA_FUSE=0`
+    /// turns fusion off, to measure what it brings.
+    fuse_epilogue: bool,
+    /// The partial sums of split-K products, grown to the largest one run so far (stream order makes
+    /// reusing it safe); counted in `bytes` once allocated.
+    gemm_partials: Option<CudaSlice<f32>>,
 }
 
-/// Which tiling of kernels/gemm.cu runs a product. Both compute the same C (see gemm.cu); `Auto` picks
-/// `Large` when its 128×128 tiles alone fill every SM at least once, and the 64×64 `gemm` otherwise (the
-/// narrow products of a training step would leave most SMs idle with big tiles). `TIEDAE_CUDA_GEMM=64` or
-/// `=128` forces one, to measure one against the other.
+/// Which kernel of kernels/gemm.cu runs a product (see gemm.cu). `Tile64` and `Large` compute the same C;
+/// `SplitK` (the 64×64 kernel over slices of K, then `gemm_split_reduce`) sums in another, fixed order.
+/// `Auto` picks `Large` when its 128×128 tiles alone fill every SM at least once; `SplitK` when the 64×64
+/// tiles would leave more than half of the SMs idle and K is deep enough to share out (the 256-row
+/// products of a training step on a big GPU); `Tile64` otherwise. `TIEDAE_CUDA_GEMM=64`, `=128` or
+/// `=splitk` forces one, to measure one against the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmKernel {
     Auto,
     Tile64,
     Large,
+    SplitK,
 }
 
+/// How one product runs: the kernel, and for split-K the depth of a split and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmPlan {
+    Tile64,
+    Large,
+    SplitK { k_split: usize, splits: usize },
+}
+
+/// `BK` in gemm.cu: a split covers whole slices.
+const GEMM_BK: usize = 16;
+/// Split-K gives each split at least this much of K (a split must outweigh its partials' round trip).
+const SPLIT_MIN_K: usize = 128;
+
 impl GemmKernel {
-    /// `TIEDAE_CUDA_GEMM`: unset or `auto`, `64`, `128`.
+    /// `TIEDAE_CUDA_GEMM`: unset or `auto`, `64`, `128`, `splitk`.
     fn from_env() -> Result<GemmKernel> {
         match std::env::var("TIEDAE_CUDA_GEMM").as_deref() {
             Err(_) | Ok("") | Ok("auto") => Ok(GemmKernel::Auto),
             Ok("64") => Ok(GemmKernel::Tile64),
             Ok("128") => Ok(GemmKernel::Large),
+            Ok("splitk") => Ok(GemmKernel::SplitK),
             Ok(other) => Err(Error::Device(format!(
-                "TIEDAE_CUDA_GEMM={other} is not one of auto, 64, 128"
+                "TIEDAE_CUDA_GEMM={other} is not one of auto, 64, 128, splitk"
             ))),
         }
     }
 
-    /// The tiling `self` uses for an m×n product on a GPU with `sms` multiprocessors.
-    pub fn pick(self, m: usize, n: usize, sms: usize) -> GemmKernel {
+    /// How `self` runs an m×n×k product on a GPU with `sms` multiprocessors.
+    pub fn plan(self, m: usize, n: usize, k: usize, sms: usize) -> GemmPlan {
+        let tiles64 = m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TILE);
+        // The splits that give every SM a block.
+        let to_fill = sms.div_ceil(tiles64);
         match self {
+            _ if k == 0 => GemmPlan::Tile64,
+            GemmKernel::Tile64 => GemmPlan::Tile64,
+            GemmKernel::Large => GemmPlan::Large,
+            GemmKernel::SplitK => GemmPlan::split_k(k, to_fill.max(2)),
             GemmKernel::Auto => {
                 let large_tiles = m.div_ceil(GEMM_LARGE_TILE) * n.div_ceil(GEMM_LARGE_TILE);
                 if large_tiles >= sms {
-                    GemmKernel::Large
+                    GemmPlan::Large
+                } else if 2 * tiles64 <= sms && k >= 2 * SPLIT_MIN_K {
+                    GemmPlan::split_k(k, to_fill.min(k / SPLIT_MIN_K))
                 } else {
-                    GemmKernel::Tile64
+                    GemmPlan::Tile64
                 }
             }
-            fixed => fixed,
+        }
+    }
+}
+
+impl GemmPlan {
+    /// K (> 0) cut into about `wanted` splits of whole BK slices; fewer when K has fewer slices.
+    fn split_k(k: usize, wanted: usize) -> GemmPlan {
+        let k_split = k.div_ceil(wanted.max(1)).div_ceil(GEMM_BK) * GEMM_BK;
+        GemmPlan::SplitK {
+            k_split,
+            splits: k.div_ceil(k_split),
         }
     }
 }
@@ -491,6 +535,8 @@ impl CudaBackend {
             bytes: MSE_MAX_BLOCKS * std::mem::size_of::<f64>(),
             mse_partials,
             gemm_kernel: GemmKernel::from_env()?,
+            fuse_epilogue: std::env::var("TIEDAE_CUDA_FUSE").as_deref() != Ok("0"),
+            gemm_partials: None,
         })
     }
 
@@ -532,26 +578,45 @@ impl CudaBackend {
         let (m_i, n_i, k_i) = (m as i32, n as i32, k as i32);
         let trans_a = i32::from(g.trans_a == Trans::T);
         let trans_b = i32::from(g.trans_b == Trans::T);
-        let (function, name, tile, threads) =
-            match self.gemm_kernel.pick(m, n, self.info.multiprocessors) {
-                GemmKernel::Large => (
-                    &self.k.gemm_large,
-                    "gemm_large",
-                    GEMM_LARGE_TILE,
-                    GEMM_LARGE_THREADS,
-                ),
-                _ => (&self.k.gemm, "gemm", GEMM_TILE, GEMM_THREADS),
-            };
+        let plan = self.gemm_kernel.plan(m, n, k, self.info.multiprocessors);
+        let (tile, threads, splits, k_split) = match plan {
+            GemmPlan::Large => (GEMM_LARGE_TILE, GEMM_LARGE_THREADS, 1, 0),
+            GemmPlan::Tile64 => (GEMM_TILE, GEMM_THREADS, 1, 0),
+            GemmPlan::SplitK { k_split, splits } => (GEMM_TILE, GEMM_THREADS, splits, k_split),
+        };
+        // Split-K's partial sums: splits·m·n floats of the backend's scratch, grown when too small.
+        let p_partials = if let GemmPlan::SplitK { .. } = plan {
+            let need = splits * m * n;
+            if self.gemm_partials.as_ref().is_none_or(|p| p.len() < need) {
+                if let Some(old) = self.gemm_partials.take() {
+                    self.bytes -= old.len() * std::mem::size_of::<f32>();
+                }
+                self.gemm_partials = Some(self.alloc_zeros::<f32>(need, "split-K partial sums")?);
+            }
+            let partials = self.gemm_partials.as_ref().expect("allocated above");
+            let (p, _) = partials.device_ptr(&self.stream);
+            p
+        } else {
+            0u64 // null: no split
+        };
         let cfg = LaunchConfig {
             grid_dim: (
                 m.div_ceil(tile) as u32, // <= 2^25: within gridDim.x's 2^31 - 1
                 n.div_ceil(tile).min(MAX_GRID_Y) as u32,
-                1,
+                splits as u32, // <= max(2, SMs): within gridDim.z's 65535
             ),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self.stream.launch_builder(function);
+        let k_split_i = k_split as i32;
+        let name = match plan {
+            GemmPlan::Large => "gemm_large",
+            _ => "gemm",
+        };
+        let mut launch = match plan {
+            GemmPlan::Large => self.stream.launch_builder(&self.k.gemm_large),
+            _ => self.stream.launch_builder(&self.k.gemm),
+        };
         launch
             .arg(&p_a)
             .arg(&p_b)
@@ -565,13 +630,39 @@ impl CudaBackend {
             .arg(&g.beta)
             .arg(&p_bias)
             .arg(&act);
-        // SAFETY: gemm and gemm_large both take (const float* A, const float* B, float* C, int M, int N,
-        // int K, int trans_a, int trans_b, float alpha, float beta, const float* bias, unsigned act). A, B, C
-        // hold exactly m·k, k·n, m·n floats (asserted) inside live buffers (checked by `ptr`), bias is null
-        // or n floats (asserted by gemm_bias_act, checked by `ptr`), M, N, K fit the kernels' int arithmetic
-        // (asserted), and the kernels bounds-check every element against M, N, K and read bias[j] for j < N
-        // only; C overlaps neither A, B nor the bias (asserted). Both stride over tiles, so any grid works.
+        if plan != GemmPlan::Large {
+            launch.arg(&p_partials).arg(&k_split_i);
+        }
+        // SAFETY: gemm_large takes (const float* A, const float* B, float* C, int M, int N, int K,
+        // int trans_a, int trans_b, float alpha, float beta, const float* bias, unsigned act), and gemm the
+        // same followed by (float* partials, int k_split). A, B, C hold exactly m·k, k·n, m·n floats
+        // (asserted) inside live buffers (checked by `ptr`), bias is null or n floats (asserted by
+        // gemm_bias_act, checked by `ptr`), M, N, K fit the kernels' int arithmetic (asserted), and the
+        // kernels bounds-check every element against M, N, K and read bias[j] for j < N only; C overlaps
+        // neither A, B nor the bias (asserted). Both stride over tiles, so any grid works. partials is null
+        // (gridDim.z = 1), or holds splits·m·n floats (grown above) and gridDim.z = splits = ⌈K / k_split⌉
+        // with k_split a multiple of BK, so block z writes only partials[z] and every k lies in one split.
         unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error(name, e))?;
+        if let GemmPlan::SplitK { splits, .. } = plan {
+            let splits_i = splits as i32;
+            let mut reduce = self.stream.launch_builder(&self.k.gemm_split_reduce);
+            reduce
+                .arg(&p_partials)
+                .arg(&splits_i)
+                .arg(&p_c)
+                .arg(&m_i)
+                .arg(&n_i)
+                .arg(&alpha)
+                .arg(&g.beta)
+                .arg(&p_bias)
+                .arg(&act);
+            // SAFETY: gemm_split_reduce(const float* partials, int splits, float* C, int M, int N,
+            // float alpha, float beta, const float* bias, unsigned act): partials holds splits·m·n floats,
+            // all written by the launch above (stream order), C holds m·n floats, bias is null or n floats
+            // (see the launch above); a grid-stride loop, so any grid works.
+            unsafe { reduce.launch(grid_1d(m * n)) }
+                .map_err(|e| self.launch_error("gemm_split_reduce", e))?;
+        }
         Ok(())
     }
 
@@ -855,6 +946,10 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         assert_eq!(bias.len, g.n, "gemm_bias_act bias size");
         assert_disjoint("gemm_bias_act", c, bias);
+        if !self.fuse_epilogue {
+            self.launch_gemm(g, a, b, c, None)?;
+            return self.bias_act(c, g.n, bias, act);
+        }
         self.launch_gemm(g, a, b, c, Some((bias, act)))
     }
 
@@ -1190,5 +1285,56 @@ impl Backend for CudaBackend {
                 e,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{GemmKernel, GemmPlan, GEMM_BK};
+
+    const H100_SMS: usize = 132;
+    const GTX1060_SMS: usize = 10;
+
+    #[test]
+    fn auto_plan_follows_the_shape_and_the_gpu() {
+        let auto = GemmKernel::Auto;
+        // Big products: 128×128 tiles (1024 of them at 4096², 64 at 1024² on a 10-SM card).
+        assert_eq!(auto.plan(4096, 4096, 4096, H100_SMS), GemmPlan::Large);
+        assert_eq!(auto.plan(1024, 1024, 1024, GTX1060_SMS), GemmPlan::Large);
+        // mnist's x·W (256×256×784): 16 tiles of 64 leave an H100 idle, so K is split six ways (784 / 128
+        // caps it); a GTX 1060 is filled by the 16 tiles alone.
+        assert_eq!(
+            auto.plan(256, 256, 784, H100_SMS),
+            GemmPlan::SplitK {
+                k_split: 144,
+                splits: 6
+            }
+        );
+        assert_eq!(auto.plan(256, 256, 784, GTX1060_SMS), GemmPlan::Tile64);
+        // K too shallow to share out, and K = 0.
+        assert_eq!(auto.plan(256, 64, 64, H100_SMS), GemmPlan::Tile64);
+        assert_eq!(auto.plan(5, 3, 0, H100_SMS), GemmPlan::Tile64);
+    }
+
+    #[test]
+    fn split_plans_cover_k_exactly_in_whole_slices() {
+        for k in [1, 15, 16, 17, 100, 255, 256, 784, 1000, 4097] {
+            for (m, n) in [(1, 1), (64, 64), (256, 784), (5000, 5000)] {
+                for sms in [1, GTX1060_SMS, H100_SMS] {
+                    for kernel in [GemmKernel::Auto, GemmKernel::SplitK] {
+                        if let GemmPlan::SplitK { k_split, splits } = kernel.plan(m, n, k, sms) {
+                            assert_eq!(k_split % GEMM_BK, 0, "{m}×{n}×{k} on {sms}");
+                            assert!(splits * k_split >= k && (splits - 1) * k_split < k);
+                            assert!((1..=sms.max(2)).contains(&splits), "{splits} splits");
+                        }
+                    }
+                }
+            }
+        }
+        // Forced split-K splits whenever K has two slices.
+        assert!(matches!(
+            GemmKernel::SplitK.plan(4096, 4096, 64, H100_SMS),
+            GemmPlan::SplitK { splits: 2, .. }
+        ));
     }
 }

@@ -34,6 +34,7 @@ struct Case {
     unsigned int act;
     int misalign;        // floats by which every operand's base is shifted (1 defeats float4 loads)
     unsigned int cap;    // grid cap per dimension (small caps exercise the tile-striding loops)
+    int splits = 2;      // split-K: splits requested
 };
 
 int failures = 0;
@@ -42,21 +43,43 @@ int checked = 0;
 void fail(const Case& c, const char* what, int i, int j, double got, double want) {
     if (++failures <= 30) {
         std::printf("FAIL %s: m=%d n=%d k=%d ta=%d tb=%d alpha=%g beta=%g bias=%d act=%u misalign=%d cap=%u "
-                    "at (%d,%d): %.9g vs %.9g\n",
-                    what, c.m, c.n, c.k, c.ta, c.tb, c.alpha, c.beta, c.with_bias, c.act, c.misalign, c.cap, i,
-                    j, got, want);
+                    "splits=%d at (%d,%d): %.9g vs %.9g\n",
+                    what, c.m, c.n, c.k, c.ta, c.tb, c.alpha, c.beta, c.with_bias, c.act, c.misalign, c.cap,
+                    c.splits, i, j, got, want);
     }
 }
 
-// The host's launch (src/backend/cuda.rs): a grid of tiles, capped; K == 0 passes alpha = 0.
-void run(void (*kernel)(const float*, const float*, float*, int, int, int, int, int, float, float, const float*,
-                        unsigned int),
-         unsigned int tile, unsigned int cap, const Case& c, const float* a, const float* b, float* out,
-         const float* bias) {
-    const unsigned int gx = std::min<unsigned int>((c.m + tile - 1) / tile, cap);
-    const unsigned int gy = std::min<unsigned int>((c.n + tile - 1) / tile, cap);
+// The host's launches (src/backend/cuda.rs, `launch_gemm`): a grid of tiles, capped; K == 0 passes
+// alpha = 0. `splits` > 0 runs the split-K pair (gemm with partials, then gemm_split_reduce) with that many
+// requested splits, planned as the host plans them.
+void run_small(unsigned int cap, const Case& c, const float* a, const float* b, float* out, const float* bias,
+               int splits) {
+    const unsigned int gx = std::min<unsigned int>((c.m + BM - 1) / BM, cap);
+    const unsigned int gy = std::min<unsigned int>((c.n + BN - 1) / BN, cap);
     const float alpha = c.k == 0 ? 0.0f : c.alpha;
-    launch(kernel, dim3(gx, gy, 1), dim3(256, 1, 1), a, b, out, c.m, c.n, c.k, (int)c.ta, (int)c.tb, alpha,
+    if (splits == 0) {
+        launch(gemm, dim3(gx, gy, 1), dim3(256, 1, 1), a, b, out, c.m, c.n, c.k, (int)c.ta, (int)c.tb, alpha,
+               c.beta, bias, c.act, (float*)nullptr, 0);
+        return;
+    }
+    // k_split: the requested share of K rounded up to whole BK slices; the splits that remain non-empty.
+    const int share = (c.k + splits - 1) / splits;
+    const int k_split = (share + BK - 1) / BK * BK;
+    const int used = (c.k + k_split - 1) / k_split;
+    std::vector<float> partials((size_t)used * c.m * c.n, NAN);
+    launch(gemm, dim3(gx, gy, used), dim3(256, 1, 1), a, b, out, c.m, c.n, c.k, (int)c.ta, (int)c.tb, alpha,
+           c.beta, bias, c.act, partials.data(), k_split);
+    const unsigned long long total = (unsigned long long)c.m * c.n;
+    const unsigned int blocks = std::min<unsigned long long>((total + 255) / 256, cap);
+    launch(gemm_split_reduce, dim3(blocks, 1, 1), dim3(256, 1, 1), (const float*)partials.data(), used, out,
+           c.m, c.n, alpha, c.beta, bias, c.act);
+}
+
+void run_large(unsigned int cap, const Case& c, const float* a, const float* b, float* out, const float* bias) {
+    const unsigned int gx = std::min<unsigned int>((c.m + LBM - 1) / LBM, cap);
+    const unsigned int gy = std::min<unsigned int>((c.n + LBN - 1) / LBN, cap);
+    const float alpha = c.k == 0 ? 0.0f : c.alpha;
+    launch(gemm_large, dim3(gx, gy, 1), dim3(256, 1, 1), a, b, out, c.m, c.n, c.k, (int)c.ta, (int)c.tb, alpha,
            c.beta, bias, c.act);
 }
 
@@ -73,10 +96,14 @@ void check(const Case& c) {
     auto op_a = [&](int i, int p) { return (double)(c.ta ? a[off + (size_t)p * m + i] : a[off + (size_t)i * k + p]); };
     auto op_b = [&](int p, int j) { return (double)(c.tb ? b[off + (size_t)j * k + p] : b[off + (size_t)p * n + j]); };
 
-    std::vector<float> small = c0, large = c0;
+    std::vector<float> small = c0, large = c0, split = c0;
     const float* bias_ptr = c.with_bias ? bias.data() + off : nullptr;
-    run(gemm, BM, c.cap, c, a.data() + off, b.data() + off, small.data() + off, bias_ptr);
-    run(gemm_large, LBM, c.cap, c, a.data() + off, b.data() + off, large.data() + off, bias_ptr);
+    run_small(c.cap, c, a.data() + off, b.data() + off, small.data() + off, bias_ptr, 0);
+    run_large(c.cap, c, a.data() + off, b.data() + off, large.data() + off, bias_ptr);
+    const bool with_split = c.k > 0;
+    if (with_split) {
+        run_small(c.cap, c, a.data() + off, b.data() + off, split.data() + off, bias_ptr, c.splits);
+    }
 
     for (int i = 0; i < m; ++i) {
         for (int j = 0; j < n; ++j) {
@@ -97,12 +124,16 @@ void check(const Case& c) {
             const double got = large[idx];
             ++checked;
             if (!(std::fabs(got - want) <= tol)) fail(c, "gemm_large vs f64", i, j, got, want);
+            if (with_split && !(std::fabs(split[idx] - want) <= tol)) fail(c, "split-K vs f64", i, j, split[idx], want);
             if (!(small[idx] == large[idx])) fail(c, "gemm vs gemm_large", i, j, small[idx], large[idx]);
         }
     }
     // Nothing outside C was written (the elements before the shifted base).
     for (int x = 0; x < off; ++x) {
-        if (!(std::isnan(c0[x]) ? std::isnan(large[x]) : large[x] == c0[x])) fail(c, "write before C", x, 0, large[x], c0[x]);
+        for (const auto* out : {&small, &large, &split}) {
+            const float v = (*out)[x];
+            if (!(std::isnan(c0[x]) ? std::isnan(v) : v == c0[x])) fail(c, "write before C", x, 0, v, c0[x]);
+        }
     }
 }
 
@@ -112,7 +143,8 @@ int main() {
     const int shapes[][3] = {
         {1, 1, 1},     {1, 1, 0},     {7, 5, 3},      {4, 4, 4},      {16, 51, 1},    {51, 16, 9},
         {64, 64, 16},  {65, 63, 17},  {128, 128, 8},  {127, 129, 12}, {130, 260, 33}, {256, 64, 20},
-        {64, 256, 20}, {200, 132, 24}, {257, 131, 5}, {3, 300, 7},   {300, 3, 7},
+        {64, 256, 20}, {200, 132, 24}, {257, 131, 5}, {3, 300, 7},   {300, 3, 7},    {70, 40, 100},
+        {33, 65, 200},
     };
     const unsigned int acts[] = {ACT_LINEAR, ACT_RELU, ACT_TANH, ACT_SIGMOID};
     int variant = 0;
@@ -127,6 +159,7 @@ int main() {
                 case 3: c.with_bias = true; c.act = acts[variant % 4]; c.misalign = 1; break;
                 case 4: c.with_bias = true; c.act = acts[variant % 4]; c.cap = 1; break;
             }
+            c.splits = 2 + variant % 5;  // 2..6, more than K has slices for the small K
             check(c);
             // Every shape once more with a small grid and, separately, shifted operands.
             if (t == 0) {

@@ -99,3 +99,6 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
 }
 
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+// CUDA's integer min/max device functions.
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
