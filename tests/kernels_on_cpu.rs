@@ -90,3 +90,40 @@ fn build_and_run(name: &str) -> bool {
 fn gemm_kernels_on_cpu() {
     build_and_run("gemm_checks");
 }
+
+/// kernels/elementwise.cu: bias_act (every activation, NaN/inf inputs), act_backward (bit for bit) and fill.
+#[test]
+fn elementwise_kernels_on_cpu() {
+    build_and_run("elementwise_checks");
+}
+
+/// kernels/loss.cu: mse_backward's gradient (bit for bit) and loss through mse_finalize, empty batch included.
+#[test]
+fn loss_kernels_on_cpu() {
+    build_and_run("loss_checks");
+}
+
+/// kernels/reduce.cu: col_sum over edge shapes, zero rows and capped grids.
+#[test]
+fn reduce_kernels_on_cpu() {
+    build_and_run("reduce_checks");
+}
+
+/// kernels/optim.cu: sgd_step and adam_step over several steps, bit for bit with the CPU twins.
+#[test]
+fn optim_kernels_on_cpu() {
+    build_and_run("optim_checks");
+}
+
+/// kernels/data.cu: gather_rows and gather_rows_half (every f16 and bf16 bit pattern), out-of-range rows NaN.
+#[test]
+fn data_kernels_on_cpu() {
+    build_and_run("data_checks");
+}
+
+/// kernels/constraints.cu: diagonal_affine, sum_squares (with mse_finalize), div_by_sqrt, normalize_columns
+/// and center_columns.
+#[test]
+fn constraints_kernels_on_cpu() {
+    build_and_run("constraints_checks");
+}

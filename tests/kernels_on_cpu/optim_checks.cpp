@@ -1,0 +1,190 @@
+// The optimizer updates of kernels/optim.cu (sgd_step, adam_step), compiled for the CPU through cuda_on_cpu.h
+// and launched as src/backend/cuda.rs launches them (grid_1d: 256 threads a block, at most MAX_BLOCKS blocks;
+// smaller caps stand in for MAX_BLOCKS so that a few blocks walk the grid-stride loop; nothing is launched for
+// n == 0). Each case runs several steps on the same state. The kernels round every operation by itself
+// (__fmul_rn/__fadd_rn, IEEE sqrtf and '/'), so after every step w, v (and Adam's m) must equal, bit for bit,
+// a C++ transcription of the CPU twins (`sgd_step` in src/backend/cpu.rs, `adam_generic` in
+// src/backend/cpu/fast_math.rs) in their operation order. Every buffer has NaN guards on both sides. Built and
+// run by tests/kernels_on_cpu.rs; exits non-zero after printing every failure.
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "optim.cu"
+
+static_assert(sizeof(AdamConfig) == 16, "AdamConfig of src/backend/cuda.rs: four f32");
+
+namespace {
+
+// src/backend/cuda.rs: THREADS and MAX_BLOCKS of grid_1d.
+constexpr unsigned int THREADS = 256;
+constexpr size_t MAX_BLOCKS = 4096;
+
+constexpr size_t PAD = 32;  // guard floats on each side: a 32-column tile, what a missing bound check overruns
+constexpr unsigned int GUARD_BITS = 0x7fe5a5a5u;  // a quiet NaN no kernel produces
+
+unsigned int rng_state = 31337u;
+float next_uniform() {  // in [-1, 1)
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return (float)(rng_state >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+unsigned int bits_of(float f) {
+    unsigned int b;
+    std::memcpy(&b, &f, 4);
+    return b;
+}
+float from_bits(unsigned int b) {
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+}
+bool same(float got, float want) { return (std::isnan(got) && std::isnan(want)) || bits_of(got) == bits_of(want); }
+
+int failures = 0;
+long checked = 0;
+
+__attribute__((format(printf, 1, 2))) void fail(const char* fmt, ...) {
+    if (++failures <= 30) {
+        std::va_list args;
+        va_start(args, fmt);
+        std::printf("FAIL ");
+        std::vprintf(fmt, args);
+        std::printf("\n");
+        va_end(args);
+    }
+}
+
+struct Padded {
+    std::vector<float> buf;
+    explicit Padded(size_t n) : buf(n + 2 * PAD, from_bits(GUARD_BITS)) {}
+    float* data() { return buf.data() + PAD; }
+    float& operator[](size_t i) { return buf[PAD + i]; }
+    float operator[](size_t i) const { return buf[PAD + i]; }
+    size_t size() const { return buf.size() - 2 * PAD; }
+};
+
+void check_guards(const char* what, const Padded& p) {
+    for (size_t i = 0; i < p.buf.size(); ++i) {
+        if ((i < PAD || i >= PAD + p.size()) && bits_of(p.buf[i]) != GUARD_BITS) {
+            fail("%s: guard %zu of %zu (n=%zu) overwritten with %.9g", what, i, p.buf.size(), p.size(), p.buf[i]);
+        }
+    }
+}
+
+void compare(const char* what, size_t n, size_t cap, int step, const Padded& got, const std::vector<float>& want) {
+    for (size_t i = 0; i < n; ++i) {
+        ++checked;
+        if (!same(got[i], want[i])) {
+            fail("%s n=%zu cap=%zu step=%d at %zu: %.9g (0x%08x), want %.9g (0x%08x)", what, n, cap, step, i, got[i],
+                 bits_of(got[i]), want[i], bits_of(want[i]));
+        }
+    }
+}
+
+dim3 grid_1d(size_t n, size_t cap) {
+    return dim3((unsigned int)std::clamp<size_t>((n + THREADS - 1) / THREADS, 1, cap));
+}
+
+// sgd_step and adam_step of src/backend/cuda.rs, with the grid cap as a parameter (MAX_BLOCKS there).
+void host_sgd_step(float* w, const float* g, float* v, size_t n, float lr, float momentum, size_t cap) {
+    if (n == 0) {
+        return;
+    }
+    launch(sgd_step, grid_1d(n, cap), dim3(THREADS), w, g, v, (unsigned long long)n, lr, momentum);
+}
+void host_adam_step(float* w, const float* g, float* m, float* v, size_t n, AdamConfig cfg, size_t cap) {
+    if (n == 0) {
+        return;
+    }
+    launch(adam_step, grid_1d(n, cap), dim3(THREADS), w, g, m, v, (unsigned long long)n, cfg);
+}
+
+// Gradients for one step: mostly [-s, s), and now and then 0, a huge value (whose square overflows to inf)
+// or a tiny one.
+void gradients(Padded& g, float s) {
+    for (size_t i = 0; i < g.size(); ++i) g[i] = s * next_uniform();
+    const float specials[] = {0.0f, -0.0f, 1e20f, -3e19f, 1e-30f};
+    if (g.size() >= 64) {
+        for (size_t k = 0; k < 5; ++k) g[(k * 37 + 11) % g.size()] = specials[k];
+    }
+}
+
+void check_sgd(size_t n, float lr, float momentum, size_t cap) {
+    Padded w(n), g(n), v(n);
+    std::vector<float> want_w(n), want_v(n);
+    for (size_t i = 0; i < n; ++i) {
+        want_w[i] = w[i] = next_uniform();
+        want_v[i] = v[i] = momentum == 0.0f ? 0.0f : 0.1f * next_uniform();
+    }
+    for (int step = 1; step <= 3; ++step) {
+        gradients(g, 1.0f);
+        host_sgd_step(w.data(), g.data(), v.data(), n, lr, momentum, cap);
+        // CpuBackend::sgd_step: *v = -(g * lr) + *v * momentum; *w += *v.
+        for (size_t i = 0; i < n; ++i) {
+            want_v[i] = -(g[i] * lr) + want_v[i] * momentum;
+            want_w[i] += want_v[i];
+        }
+        compare("sgd_step w", n, cap, step, w, want_w);
+        compare("sgd_step v", n, cap, step, v, want_v);
+    }
+    check_guards("sgd_step w", w);
+    check_guards("sgd_step g", g);
+    check_guards("sgd_step v", v);
+}
+
+void check_adam(size_t n, float lr, float beta1, float beta2, float epsilon, bool fresh, size_t cap) {
+    Padded w(n), g(n), m(n), v(n);
+    std::vector<float> want_w(n), want_m(n), want_v(n);
+    for (size_t i = 0; i < n; ++i) {
+        want_w[i] = w[i] = next_uniform();
+        want_m[i] = m[i] = fresh ? 0.0f : 0.1f * next_uniform();
+        want_v[i] = v[i] = fresh ? 0.0f : 0.01f * (1.0f + next_uniform());
+    }
+    for (int step = 1; step <= 3; ++step) {
+        gradients(g, 0.5f);
+        // Optimizer::adam_step of src/optim.rs (in f32, as TensorFlow); the same value goes to both sides.
+        const float t = (float)step;
+        const float alpha = lr * std::sqrt(1.0f - std::pow(beta2, t)) / (1.0f - std::pow(beta1, t));
+        host_adam_step(w.data(), g.data(), m.data(), v.data(), n, AdamConfig{alpha, beta1, beta2, epsilon}, cap);
+        // adam_generic of src/backend/cpu/fast_math.rs.
+        const float one_minus_b1 = 1.0f - beta1;
+        const float one_minus_b2 = 1.0f - beta2;
+        for (size_t i = 0; i < n; ++i) {
+            const float gi = g[i];
+            want_m[i] += (gi - want_m[i]) * one_minus_b1;
+            want_v[i] += (gi * gi - want_v[i]) * one_minus_b2;
+            want_w[i] -= (want_m[i] * alpha) / (std::sqrt(want_v[i]) + epsilon);
+        }
+        compare("adam_step w", n, cap, step, w, want_w);
+        compare("adam_step m", n, cap, step, m, want_m);
+        compare("adam_step v", n, cap, step, v, want_v);
+    }
+    check_guards("adam_step w", w);
+    check_guards("adam_step g", g);
+    check_guards("adam_step m", m);
+    check_guards("adam_step v", v);
+}
+
+}  // namespace
+
+int main() {
+    // (n, cap): empty (nothing launched), one element, around one block, several blocks, capped grids of 1
+    // and 3 blocks over many blocks' worth of elements.
+    const size_t cases[][2] = {{0, MAX_BLOCKS},   {1, MAX_BLOCKS},    {255, MAX_BLOCKS}, {256, MAX_BLOCKS},
+                               {257, MAX_BLOCKS}, {3000, MAX_BLOCKS}, {1000, 1},         {2049, 3}};
+    for (const auto& c : cases) {
+        check_sgd(c[0], 0.01f, 0.0f, c[1]);
+        check_sgd(c[0], 0.01f, 0.9f, c[1]);
+        check_sgd(c[0], 0.3f, 0.99f, c[1]);
+        // Keras's defaults from zero state (the first steps of training), and other values from a warm state.
+        check_adam(c[0], 0.001f, 0.9f, 0.999f, 1e-7f, true, c[1]);
+        check_adam(c[0], 0.01f, 0.5f, 0.9f, 1e-3f, false, c[1]);
+    }
+    std::printf("optim_checks: %ld values checked, %d failures\n", checked, failures);
+    return failures == 0 ? 0 : 1;
+}
