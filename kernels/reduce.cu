@@ -36,6 +36,8 @@ col_sum(const float* __restrict__ m, float* __restrict__ out, unsigned long long
         if (ty == 0 && c < cols) {
             out[c] = shared[0][tx];
         }
-        __syncthreads();  // shared[0][*] is read above before the next column tile writes it
+        // Not needed as written (only thread (0, tx) reads shared[0][tx] above, and it is the one that
+        // writes it first in the next tile); kept so that an epilogue reading other slots stays race-free.
+        __syncthreads();
     }
 }

@@ -335,6 +335,8 @@ pub struct CudaBackend {
     indices: Vec<CudaSlice<u32>>,
     /// Data sets kept as 16-bit floats (f16 or bf16 bit patterns).
     halves: Vec<CudaSlice<u16>>,
+    /// The length asked for of each of `halves` (an empty one is allocated with one element).
+    half_lens: Vec<usize>,
     /// Device bytes this backend holds: the MSE scratch, then everything asked for through `alloc` and
     /// `alloc_indices` (len·size_of, as the CPU backend counts them).
     bytes: usize,
@@ -532,6 +534,7 @@ impl CudaBackend {
             bufs: Vec::new(),
             indices: Vec::new(),
             halves: Vec::new(),
+            half_lens: Vec::new(),
             bytes: MSE_MAX_BLOCKS * std::mem::size_of::<f64>(),
             mse_partials,
             gemm_kernel: GemmKernel::from_env()?,
@@ -771,6 +774,7 @@ impl Backend for CudaBackend {
     fn alloc_half(&mut self, len: usize) -> Result<HalfId> {
         let buf = self.alloc_zeros::<u16>(len, "16-bit floats")?;
         self.halves.push(buf);
+        self.half_lens.push(len);
         Ok(HalfId(self.halves.len() - 1))
     }
 
@@ -804,7 +808,7 @@ impl Backend for CudaBackend {
         if out.len == 0 {
             return Ok(());
         }
-        let data_len = self.halves[data.0].len();
+        let data_len = self.half_lens[data.0];
         let p_data = self.address(&self.halves, data.0, 0, data_len, "half buffer");
         let (p_idx, p_out) = (self.idx_ptr(idx), self.ptr(out));
         let (out_rows, cols_u, data_rows) = (idx.len as u64, cols as u64, (data_len / cols) as u64);
@@ -821,8 +825,8 @@ impl Backend for CudaBackend {
             .arg(&format_code);
         // SAFETY: gather_rows_half(const u16* data, const u32* idx, float* out, u64 out_rows, u64 cols,
         // u64 data_rows, u32 format). out holds out_rows·cols floats (asserted, checked by `ptr`), idx holds
-        // out_rows indices (`idx_ptr`), data holds data_rows·cols 16-bit values (data_rows = its length /
-        // cols; an over-allocated empty buffer gives 0 rows) and the kernel reads it only for indices <
+        // out_rows indices (`idx_ptr`), data holds data_rows·cols 16-bit values (data_rows = the length
+        // asked for / cols, so an empty data set has 0 rows) and the kernel reads it only for indices <
         // data_rows.
         unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("gather_rows_half", e))?;
         Ok(())
