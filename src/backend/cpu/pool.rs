@@ -98,8 +98,6 @@ unsafe impl Send for JobRef {}
 
 /// Spin iterations a helper waits for the next job before it sleeps (a few milliseconds).
 const SPIN_ROUNDS: usize = 1 << 16;
-/// Spin iterations the caller waits for the helpers to finish a job before it starts yielding (tens of µs).
-const WAIT_SPINS: usize = 1 << 12;
 
 impl Pool {
     /// The pool for `threads` threads (the caller plus `threads − 1` helpers), created on first use; `None`
@@ -147,20 +145,11 @@ impl Pool {
             self.wake.notify_all();
         }
         /// Waits for the helpers even when this thread's share panics, so the job is never left dangling.
-        /// Spins first (a helper normally finishes within microseconds); then yields, so that on a busy
-        /// machine a helper the OS has descheduled gets this core instead of waiting for a time slice while
-        /// we spin on it.
         struct WaitForHelpers<'p>(&'p Pool);
         impl Drop for WaitForHelpers<'_> {
             fn drop(&mut self) {
-                let mut spins = 0usize;
                 while self.0.pending.load(Ordering::Acquire) != 0 {
-                    if spins < WAIT_SPINS {
-                        spins += 1;
-                        std::hint::spin_loop();
-                    } else {
-                        std::thread::yield_now();
-                    }
+                    std::hint::spin_loop();
                 }
                 *self.0.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
