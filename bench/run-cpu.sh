@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU comparison of the issue, in ONE run on ONE machine: `tiedae bench --device cpu` (the three
-# workloads), the same workloads in Keras (bench/keras_reference.py) and, when torch is installed, in PyTorch
-# eager on the CPU (bench/torch_reference.py), numpy's sgemm and our GEMM at 1024³.
+# workloads, and their GEMMs alone: `--step-gemms`), the same workloads in Keras (bench/keras_reference.py,
+# default and with XLA) and, when torch is installed, in PyTorch eager on the CPU (bench/torch_reference.py),
+# numpy's sgemm and our GEMM at 1024³.
 # Everything runs ROUNDS times, interleaved (tiedae, Keras, numpy, our GEMM, then again), so that a slow
 # minute of a shared machine hits every side alike; the summary takes each ratio per round and reports the
 # median over rounds.
@@ -47,7 +48,11 @@ tag() { sed "s/^{/{\"round\": $1, /" | grep '^{' | tee -a "$out"; }
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   "$TIEDAE" bench --device cpu --json | tag "$r"
+  # The step's GEMMs alone: the ceiling any step built on our GEMM can reach (the summary's "bound" rows).
+  "$TIEDAE" bench --device cpu --step-gemms --json | tag "$r"
   TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" bench/keras_reference.py 2>/dev/null | tag "$r"
+  # Keras with XLA (jit_compile=True; Keras leaves it off on a CPU-only machine): for reference, no goal.
+  TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" bench/keras_reference.py --jit-compile 2>/dev/null | tag "$r"
   if "$PYTHON" -c 'import torch' 2>/dev/null; then # optional: PyTorch eager on the CPU, for reference
     "$PYTHON" bench/torch_reference.py --device cpu --variants eager 2>/dev/null | tag "$r"
   fi

@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// N as stored, T transposed), e.g. 1024,256x256x784:NN.
     #[arg(long)]
     pub gemm: Option<String>,
+    /// Time only the GEMMs of one training step of each workload (the same products, in the same order,
+    /// back to back): the samples/s no implementation of the step with this GEMM can pass, to tell how much
+    /// of a step is GEMM and whether a goal is within reach at all. Reported as workload `<name>-gemms`.
+    #[arg(long)]
+    pub step_gemms: bool,
     /// One JSON object per line instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -116,6 +121,31 @@ impl Workload {
             .windows(2)
             .map(|w| (w[0] * w[1]) as f64)
             .sum::<f64>()
+    }
+
+    /// The GEMMs of one training step, in the order `train::Network` runs them (keep the two in step):
+    /// forward encoder x·W_i and decoder g·W_iᵀ; backward, per decoder layer dW_i = dzᵀ·g (β = 0) and dz·W_i,
+    /// per encoder layer dW_i += hᵀ·dz (β = 1) and, except for the first layer, dz·W_iᵀ.
+    pub fn step_gemms(&self) -> Vec<Gemm> {
+        let (b, w, depth) = (self.batch_size, &self.widths, self.widths.len() - 1);
+        let mut v = Vec::new();
+        for i in 0..depth {
+            v.push(Gemm::new(Trans::N, Trans::N, b, w[i + 1], w[i]));
+        }
+        for i in (0..depth).rev() {
+            v.push(Gemm::new(Trans::N, Trans::T, b, w[i], w[i + 1]));
+        }
+        for i in 0..depth {
+            v.push(Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], b));
+            v.push(Gemm::new(Trans::N, Trans::N, b, w[i + 1], w[i]));
+        }
+        for i in (0..depth).rev() {
+            v.push(Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], b).accumulate());
+            if i > 0 {
+                v.push(Gemm::new(Trans::N, Trans::T, b, w[i], w[i + 1]));
+            }
+        }
+        v
     }
 
     pub fn spec(&self) -> Result<ModelSpec> {
@@ -352,6 +382,49 @@ pub fn measure_gemm<B: Backend>(
     })
 }
 
+/// Times the GEMMs of one training step of `w` ([`Workload::step_gemms`]) back to back, each on its own
+/// buffers of synthetic data, synchronizing once per step; seconds of every timed step.
+pub fn measure_step_gemms<B: Backend>(
+    mut backend: B,
+    w: &Workload,
+    min_seconds: f64,
+    min_steps: usize,
+) -> Result<(String, Vec<f64>)> {
+    let gemms = w.step_gemms();
+    let mut operands = Vec::new();
+    for g in &gemms {
+        let (m, n, k) = (g.m, g.n, g.k);
+        let host: Vec<B::Scalar> = synthetic_data((m * k).max(k * n).max(m * n), 1, 5)
+            .into_iter()
+            .map(<B::Scalar as crate::backend::Real>::from_f32)
+            .collect();
+        let a = Region::whole(backend.alloc(m * k)?, m * k);
+        let b = Region::whole(backend.alloc(k * n)?, k * n);
+        let c = Region::whole(backend.alloc(m * n)?, m * n);
+        backend.upload(a, &host[..m * k])?;
+        backend.upload(b, &host[..k * n])?;
+        backend.upload(c, &host[..m * n])?;
+        operands.push((a, b, c));
+    }
+    let step = |backend: &mut B| -> Result<()> {
+        for (g, &(a, b, c)) in gemms.iter().zip(&operands) {
+            backend.gemm(*g, a, b, c)?;
+        }
+        backend.synchronize()
+    };
+    for _ in 0..3 {
+        step(&mut backend)?; // warm-up: thread pools, packing buffers, module loading
+    }
+    let mut seconds = Vec::new();
+    let started = Instant::now();
+    while seconds.len() < min_steps.max(1) || started.elapsed().as_secs_f64() < min_seconds {
+        let t0 = Instant::now();
+        step(&mut backend)?;
+        seconds.push(t0.elapsed().as_secs_f64());
+    }
+    Ok((backend.name(), seconds))
+}
+
 /// The CPU model (from /proc/cpuinfo) and the number of cores this process may use.
 pub fn machine() -> (String, usize) {
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -549,6 +622,61 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 
     let workloads = selected_workloads(args)?;
+    if args.step_gemms {
+        if !args.json {
+            println!("the GEMMs of one training step alone, back to back (median step); {machine_line}; {date}");
+            println!(
+                "{:<14} {:<34} {:>14} {:>10} {:>9} {:>7}",
+                "workload", "device", "samples/s max", "µs/step", "GFLOP/s", "steps"
+            );
+        }
+        for w in &workloads {
+            let flops: f64 = w
+                .step_gemms()
+                .iter()
+                .map(|g| 2.0 * (g.m * g.n * g.k) as f64)
+                .sum();
+            for &d in &devices {
+                let (name, seconds) = crate::with_backend!(d, |backend| measure_step_gemms(
+                    backend,
+                    w,
+                    args.min_seconds,
+                    50
+                )?);
+                let step_s = median(&seconds);
+                let label = format!("{}-gemms", w.name);
+                if args.json {
+                    let obj = serde_json::json!({
+                        "workload": label,
+                        "device": device_label(d),
+                        "device_name": name,
+                        "layers": w.widths,
+                        "batch_size": w.batch_size,
+                        "samples_per_s": w.batch_size as f64 / step_s,
+                        "step_us": step_s * 1e6,
+                        "gflops": flops / step_s / 1e9,
+                        "gemm_flops_per_step": flops,
+                        "steps_timed": seconds.len(),
+                        "machine": cpu_model,
+                        "cores": cores,
+                        "date": date,
+                    });
+                    println!("{obj}");
+                } else {
+                    println!(
+                        "{:<14} {:<34} {:>14.0} {:>10.1} {:>9.1} {:>7}",
+                        label,
+                        name,
+                        w.batch_size as f64 / step_s,
+                        step_s * 1e6,
+                        flops / step_s / 1e9,
+                        seconds.len()
+                    );
+                }
+            }
+        }
+        return Ok(());
+    }
     let mut results: Vec<Measurement> = Vec::new();
     for w in &workloads {
         for &d in &devices {
@@ -632,6 +760,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn step_gemms_are_the_counted_flops_less_the_first_input_gradient() {
+        for w in Workload::builtin() {
+            let counted: f64 = w
+                .step_gemms()
+                .iter()
+                .map(|g| 2.0 * (g.m * g.n * g.k) as f64)
+                .sum();
+            let first_input_gradient = 2.0 * (w.batch_size * w.widths[0] * w.widths[1]) as f64;
+            let per_step = w.flops_per_sample() * w.batch_size as f64;
+            assert_eq!(counted, per_step - first_input_gradient, "{}", w.name);
+            let depth = w.widths.len() - 1;
+            assert_eq!(w.step_gemms().len(), 6 * depth - 1, "{}", w.name);
+        }
+    }
+
+    #[test]
     fn flops_and_dates() {
         let w = &Workload::builtin()[2];
         assert_eq!(w.flops_per_sample(), 12.0 * (784.0 * 256.0 + 256.0 * 64.0));
@@ -653,6 +797,7 @@ mod tests {
             min_seconds: 0.0,
             min_epochs: 1,
             gemm: None,
+            step_gemms: false,
             json: true,
         };
         let w = selected_workloads(&args).unwrap();
