@@ -76,7 +76,39 @@ fn bench_gemm(c: &mut Criterion) {
         let host_a = synthetic_data(m, k, 1);
         let host_b = synthetic_data(k, n, 2);
 
-        // Ours, through the Backend trait.
+        // cuBLAS: column-major Cᵀ (n×m) = op(B)ᵀ (n×k) · op(A)ᵀ (k×m) on the same row-major buffers.
+        let da = stream.clone_htod(&host_a).unwrap();
+        let db = stream.clone_htod(&host_b).unwrap();
+        let mut dc = stream.alloc_zeros::<f32>(m * n).unwrap();
+        let cfg = GemmConfig {
+            transa: op(tb),
+            transb: op(ta),
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: 1.0f32,
+            lda: if tb == Trans::N { n } else { k } as i32,
+            ldb: if ta == Trans::N { k } else { m } as i32,
+            beta: 0.0f32,
+            ldc: n as i32,
+        };
+        group.bench_function(BenchmarkId::new("cublas", &id), |bench| {
+            bench.iter_custom(|iters| {
+                stream.synchronize().unwrap();
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    // SAFETY: the buffers hold m·k, k·n and m·n floats, which the leading dimensions above
+                    // describe for these shapes and operations.
+                    unsafe { blas.gemm(cfg, &db, &da, &mut dc) }.unwrap();
+                }
+                stream.synchronize().unwrap();
+                t0.elapsed()
+            })
+        });
+        let theirs = stream.clone_dtoh(&dc).unwrap();
+
+        // Ours, through the Backend trait, every plan; each must agree with cuBLAS (same product, different
+        // summation orders).
         let a = Region::whole(ours.alloc(m * k).unwrap(), m * k);
         let b = Region::whole(ours.alloc(k * n).unwrap(), k * n);
         let cr = Region::whole(ours.alloc(m * n).unwrap(), m * n);
@@ -109,50 +141,19 @@ fn bench_gemm(c: &mut Criterion) {
                     t0.elapsed()
                 })
             });
+            let mut mine = vec![0.0f32; m * n];
+            ours.download(cr, &mut mine).unwrap();
+            let worst = mine
+                .iter()
+                .zip(&theirs)
+                .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-3,
+                "{id} {name}: ours and cuBLAS differ by {worst}"
+            );
         }
         ours.set_gemm_kernel(GemmKernel::Auto);
-
-        // cuBLAS: column-major Cᵀ (n×m) = op(B)ᵀ (n×k) · op(A)ᵀ (k×m) on the same row-major buffers.
-        let da = stream.clone_htod(&host_a).unwrap();
-        let db = stream.clone_htod(&host_b).unwrap();
-        let mut dc = stream.alloc_zeros::<f32>(m * n).unwrap();
-        let cfg = GemmConfig {
-            transa: op(tb),
-            transb: op(ta),
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: if tb == Trans::N { n } else { k } as i32,
-            ldb: if ta == Trans::N { k } else { m } as i32,
-            beta: 0.0f32,
-            ldc: n as i32,
-        };
-        group.bench_function(BenchmarkId::new("cublas", &id), |bench| {
-            bench.iter_custom(|iters| {
-                stream.synchronize().unwrap();
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    // SAFETY: the buffers hold m·k, k·n and m·n floats, which the leading dimensions above
-                    // describe for these shapes and operations.
-                    unsafe { blas.gemm(cfg, &db, &da, &mut dc) }.unwrap();
-                }
-                stream.synchronize().unwrap();
-                t0.elapsed()
-            })
-        });
-
-        // Ours (the last tiling run; the tests show both tilings give the same C) and cuBLAS must agree
-        // (same product, different summation orders).
-        let mut mine = vec![0.0f32; m * n];
-        ours.download(cr, &mut mine).unwrap();
-        let theirs = stream.clone_dtoh(&dc).unwrap();
-        let worst = mine
-            .iter()
-            .zip(&theirs)
-            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-3, "{id}: ours and cuBLAS differ by {worst}");
     }
     group.finish();
 }

@@ -10,7 +10,8 @@
 //   - `gemm_large` (128×128 tiles, 8×8 per thread, float4 global loads, double-buffered shared memory; see
 //     its own comment further down): for products with enough tiles to fill the GPU.
 // Both accumulate every element of C as one fmaf chain over k = 0, 1, …, K−1 in order (padding adds exact
-// zeros) and share the epilogue, so they produce the same C, whichever runs.
+// zeros) and share the epilogue, so they produce the same C, whichever runs, up to the sign of a zero (a
+// padding fmaf(0, 0, −0) gives +0, and the two pad K differently).
 //
 // Tiling of `gemm` (one kernel for the four N/T combinations; the flags are uniform per launch, so no
 // divergence):
@@ -32,7 +33,7 @@
 // only on blockIdx/gridDim and the kernel arguments: every thread of a block reaches every barrier.
 //
 // The host (src/backend/cuda.rs) checks the sizes of A, B, C against M, N, K, and that M, N, K fit in an int
-// with room for one more tile (<= INT_MAX - 128), so no index below overflows; offsets into the matrices are
+// with room for one more tile (<= INT_MAX - 256), so no index below overflows; offsets into the matrices are
 // computed in size_t.
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/gemm.cu -o gemm.ptx
@@ -88,7 +89,8 @@ gemm(const float* __restrict__ A, const float* __restrict__ B, float* __restrict
     const int tiles_n = N / BN + (N % BN != 0);
     // This block's range of k: all of it, or its split.
     const int k_lo = partials != nullptr ? (int)blockIdx.z * k_split : 0;
-    const int k_hi = partials != nullptr ? min(K, k_lo + k_split) : K;
+    // (K − k_lo > k_split rather than min(K, k_lo + k_split): no int overflow for K near INT_MAX.)
+    const int k_hi = partials != nullptr && K - k_lo > k_split ? k_lo + k_split : K;
 
     for (int tile_m = blockIdx.x; tile_m < tiles_m; tile_m += gridDim.x) {
         for (int tile_n = blockIdx.y; tile_n < tiles_n; tile_n += gridDim.y) {

@@ -49,10 +49,19 @@ fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 
 /// A new buffer holding `data` at offset PAD, with PAD NaNs on both sides; returns the inner region.
 fn put<B: Backend<Scalar = f32>>(b: &mut B, data: &[f32]) -> Region {
-    let total = data.len() + 2 * PAD;
+    put_at(b, data, PAD)
+}
+
+/// Offset of a region that starts 16-byte aligned (buffers themselves are at least 256-byte aligned): the
+/// GEMM's float4 paths run only on aligned operands, PAD = 5 keeps them off.
+const ALIGNED: usize = 8;
+
+/// `put` with `before` NaNs before the region (PAD after).
+fn put_at<B: Backend<Scalar = f32>>(b: &mut B, data: &[f32], before: usize) -> Region {
+    let total = before + data.len() + PAD;
     let id = b.alloc(total).unwrap();
     b.fill(Region::whole(id, total), f32::NAN).unwrap();
-    let inner = Region::whole(id, total).sub(PAD, data.len());
+    let inner = Region::whole(id, total).sub(before, data.len());
     b.upload(inner, data).unwrap();
     inner
 }
@@ -106,49 +115,52 @@ const GEMM_SHAPES: &[(usize, usize, usize)] = &[
     (129, 131, 8),
 ];
 
-/// C after one GEMM on `be`. C starts as `c0` when beta != 0; with beta == 0 it starts as NaN when
-/// `nan_c` (it must not be read) and as zeros otherwise.
+/// C after one GEMM on `be`, every operand `before` floats into its buffer. C starts as `c0` when
+/// beta != 0; with beta == 0 it starts as NaN when `nan_c` (it must not be read) and as zeros otherwise.
 fn gemm_on<B: Backend<Scalar = f32>>(
     be: &mut B,
     g: Gemm,
-    a: &[f32],
-    b: &[f32],
-    c0: &[f32],
+    (a, b, c0): (&[f32], &[f32], &[f32]),
     nan_c: bool,
+    before: usize,
 ) -> Vec<f32> {
-    let (ra, rb) = (put(be, a), put(be, b));
+    let (ra, rb) = (put_at(be, a, before), put_at(be, b, before));
     let rc = match (g.beta == 0.0, nan_c) {
-        (false, _) => put(be, c0),
-        (true, true) => nans(be, c0.len()),
-        (true, false) => put(be, &vec![0.0; c0.len()]),
+        (false, _) => put_at(be, c0, before),
+        (true, true) => put_at(be, &vec![f32::NAN; c0.len()], before),
+        (true, false) => put_at(be, &vec![0.0; c0.len()], before),
     };
     be.gemm(g, ra, rb, rc).unwrap();
     take(be, rc, "gemm C")
 }
 
-/// Every GEMM kernel of gemm.cu against the CPU (split-K forced, too); and the two tilings against each
-/// other: they sum every element in the same order, so they must agree exactly (`==`, which also equates
-/// the 0 and −0 that zero padding may produce).
+/// Every GEMM kernel of gemm.cu against the CPU (split-K forced, too), on misaligned operands (element by
+/// element loads) and on aligned ones (gemm_large's float4 loads and stores); and the two tilings against
+/// each other: they sum every element in the same order, so they must agree exactly (`==`, which also
+/// equates the 0 and −0 that zero padding may produce).
 fn check_gemm(gpu: &mut CudaBackend, g: Gemm, seed: u64) {
     let Gemm { m, n, k, .. } = g;
     let a = values(seed, m * k, -1.0, 1.0);
     let b = values(seed + 1, k * n, -1.0, 1.0);
     let c0 = values(seed + 2, m * n, -1.0, 1.0);
-    let want = gemm_on(&mut cpu(), g, &a, &b, &c0, false);
+    let want = gemm_on(&mut cpu(), g, (&a, &b, &c0), false, PAD);
     let atol = 2e-6 * (k as f32 + 1.0) * g.alpha.abs().max(1.0) + 1e-6;
-    let mut results = Vec::new();
-    for kernel in [GemmKernel::Tile64, GemmKernel::Large, GemmKernel::SplitK] {
-        gpu.set_gemm_kernel(kernel);
-        let got = gemm_on(gpu, g, &a, &b, &c0, true);
-        assert_close(&format!("gemm {kernel:?} {g:?}"), &got, &want, atol, 1e-5);
-        results.push(got);
-    }
-    gpu.set_gemm_kernel(GemmKernel::Auto);
-    if let Some(i) = (0..results[0].len()).find(|&i| results[0][i] != results[1][i]) {
-        panic!(
-            "gemm {g:?}: the 64×64 and 128×128 tilings differ at {i}: {} vs {}",
-            results[0][i], results[1][i]
-        );
+    for before in [PAD, ALIGNED] {
+        let mut results = Vec::new();
+        for kernel in [GemmKernel::Tile64, GemmKernel::Large, GemmKernel::SplitK] {
+            gpu.set_gemm_kernel(kernel);
+            let got = gemm_on(gpu, g, (&a, &b, &c0), true, before);
+            let what = format!("gemm {kernel:?} {g:?} at offset {before}");
+            assert_close(&what, &got, &want, atol, 1e-5);
+            results.push(got);
+        }
+        gpu.set_gemm_kernel(GemmKernel::Auto);
+        if let Some(i) = (0..results[0].len()).find(|&i| results[0][i] != results[1][i]) {
+            panic!(
+                "gemm {g:?} at offset {before}: the 64×64 and 128×128 tilings differ at {i}: {} vs {}",
+                results[0][i], results[1][i]
+            );
+        }
     }
 }
 
@@ -280,17 +292,30 @@ fn gemm_bias_act_equals_gemm_then_bias_act() {
                 );
                 cpu.gemm_bias_act(g, ca, cb, cc, cbias, act).unwrap();
                 let want = take(&mut cpu, cc, "cpu gemm_bias_act");
-                for kernel in [GemmKernel::Tile64, GemmKernel::Large, GemmKernel::SplitK] {
+                gpu.set_fuse_epilogue(true); // whatever TIEDAE_CUDA_FUSE says
+                for (kernel, before) in [GemmKernel::Tile64, GemmKernel::Large, GemmKernel::SplitK]
+                    .into_iter()
+                    .flat_map(|k| [(k, PAD), (k, ALIGNED)])
+                {
                     gpu.set_gemm_kernel(kernel);
-                    let (ga, gb, gbias) =
-                        (put(&mut gpu, &a), put(&mut gpu, &b), put(&mut gpu, &bias));
-                    let (fused_c, split_c) = (nans(&mut gpu, m * n), nans(&mut gpu, m * n));
+                    let (ga, gb, gbias) = (
+                        put_at(&mut gpu, &a, before),
+                        put_at(&mut gpu, &b, before),
+                        put_at(&mut gpu, &bias, before),
+                    );
+                    let nan_c = vec![f32::NAN; m * n];
+                    let (fused_c, split_c) = (
+                        put_at(&mut gpu, &nan_c, before),
+                        put_at(&mut gpu, &nan_c, before),
+                    );
                     gpu.gemm_bias_act(g, ga, gb, fused_c, gbias, act).unwrap();
                     gpu.gemm(g, ga, gb, split_c).unwrap();
                     gpu.bias_act(split_c, n, gbias, act).unwrap();
                     let fused = take(&mut gpu, fused_c, "gpu gemm_bias_act");
                     let split = take(&mut gpu, split_c, "gpu gemm + bias_act");
-                    let what = format!("gemm_bias_act {kernel:?} {act} {m}×{n}×{k} {trans_b:?}");
+                    let what = format!(
+                        "gemm_bias_act {kernel:?} {act} {m}×{n}×{k} {trans_b:?} at offset {before}"
+                    );
                     if let Some(i) = (0..fused.len()).find(|&i| fused[i] != split[i]) {
                         panic!(
                             "{what}: fused {} vs gemm + bias_act {} at {i}",

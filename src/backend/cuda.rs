@@ -337,8 +337,9 @@ pub struct CudaBackend {
     halves: Vec<CudaSlice<u16>>,
     /// The length asked for of each of `halves` (an empty one is allocated with one element).
     half_lens: Vec<usize>,
-    /// Device bytes this backend holds: the MSE scratch, then everything asked for through `alloc` and
-    /// `alloc_indices` (len·size_of, as the CPU backend counts them).
+    /// Device bytes this backend holds: the MSE scratch, everything asked for through `alloc` and
+    /// `alloc_indices` (len·size_of, as the CPU backend counts them), and the split-K scratch once a
+    /// split-K product has run.
     bytes: usize,
     /// MSE_MAX_BLOCKS per-block partial sums of `mse_backward` and `sum_squares` (a fixed cost of the
     /// backend; stream order makes sharing it safe).
@@ -395,7 +396,7 @@ impl GemmKernel {
 
     /// How `self` runs an m×n×k product on a GPU with `sms` multiprocessors.
     pub fn plan(self, m: usize, n: usize, k: usize, sms: usize) -> GemmPlan {
-        let tiles64 = m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TILE);
+        let tiles64 = (m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TILE)).max(1);
         // The splits that give every SM a block.
         let to_fill = sms.div_ceil(tiles64);
         match self {
@@ -546,6 +547,12 @@ impl CudaBackend {
     /// Forces one GEMM tiling (benchmarks and tests compare them); `GemmKernel::Auto` is the default.
     pub fn set_gemm_kernel(&mut self, kernel: GemmKernel) {
         self.gemm_kernel = kernel;
+    }
+
+    /// Whether `gemm_bias_act` fuses bias and activation into the GEMM (the default, unless
+    /// `TIEDAE_CUDA_FUSE=0`).
+    pub fn set_fuse_epilogue(&mut self, fuse: bool) {
+        self.fuse_epilogue = fuse;
     }
 
     /// `gemm` and `gemm_bias_act`: one launch of the tiling `self.gemm_kernel` picks for the shape.
