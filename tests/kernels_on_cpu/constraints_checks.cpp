@@ -16,16 +16,9 @@
 //     stay as they are (−0 included); a column (4095, 4086) pins the norm's single rounding (see column_data).
 // Every buffer has NaN guards on both sides. Built and run by tests/kernels_on_cpu.rs; exits non-zero after
 // printing every failure.
-#include <algorithm>
-#include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-
 #include "constraints.cu"
 #include "loss.cu"  // mse_finalize, the second launch of sum_squares
+#include "check_util.h"
 
 static_assert(SUM_SQUARES_THREADS == MSE_THREADS && MSE_THREADS == 256 && MSE_MAX_BLOCKS == 1024,
               "MSE_THREADS / MSE_MAX_BLOCKS of src/backend/cuda.rs");
@@ -33,68 +26,8 @@ static_assert(COLUMN_TX == 32 && COLUMN_TY == 16, "COLUMN_BLOCK of src/backend/c
 
 namespace {
 
-// src/backend/cuda.rs: THREADS and MAX_BLOCKS of grid_1d and column_grid.
-constexpr unsigned int THREADS = 256;
-constexpr size_t MAX_BLOCKS = 4096;
-
-constexpr size_t PAD = 32;  // guard floats on each side: a 32-column tile, what a missing bound check overruns
-constexpr unsigned int GUARD_BITS = 0x7fe5a5a5u;  // a quiet NaN no kernel produces
-
-unsigned int rng_state = 8675309u;
-float next_uniform() {  // in [-1, 1)
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return (float)(rng_state >> 8) / (float)(1u << 23) - 1.0f;
-}
-// Small integers in [-8, 8]: sums of them (and of their squares) are exact in float and double.
-float next_integer() { return std::floor(9.0f * next_uniform()); }
-
-unsigned int bits_of(float f) {
-    unsigned int b;
-    std::memcpy(&b, &f, 4);
-    return b;
-}
-float from_bits(unsigned int b) {
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-bool same(float got, float want) { return (std::isnan(got) && std::isnan(want)) || bits_of(got) == bits_of(want); }
-
-int failures = 0;
-long checked = 0;
-
-__attribute__((format(printf, 1, 2))) void fail(const char* fmt, ...) {
-    if (++failures <= 30) {
-        std::va_list args;
-        va_start(args, fmt);
-        std::printf("FAIL ");
-        std::vprintf(fmt, args);
-        std::printf("\n");
-        va_end(args);
-    }
-}
-
-struct Padded {
-    std::vector<float> buf;
-    explicit Padded(size_t n) : buf(n + 2 * PAD, from_bits(GUARD_BITS)) {}
-    float* data() { return buf.data() + PAD; }
-    float& operator[](size_t i) { return buf[PAD + i]; }
-    float operator[](size_t i) const { return buf[PAD + i]; }
-    size_t size() const { return buf.size() - 2 * PAD; }
-};
-
-void check_guards(const char* what, const Padded& p) {
-    for (size_t i = 0; i < p.buf.size(); ++i) {
-        if ((i < PAD || i >= PAD + p.size()) && bits_of(p.buf[i]) != GUARD_BITS) {
-            fail("%s: guard %zu of %zu (n=%zu) overwritten with %.9g", what, i, p.buf.size(), p.size(), p.buf[i]);
-        }
-    }
-}
-
-// Launch shapes of src/backend/cuda.rs, `cap` standing in for MAX_BLOCKS / MSE_MAX_BLOCKS.
-dim3 grid_1d(size_t n, size_t cap) {
-    return dim3((unsigned int)std::clamp<size_t>((n + THREADS - 1) / THREADS, 1, cap));
-}
+// column_grid of src/backend/cuda.rs (its other launch shape, grid_1d, is check_util.h's), `cap` standing in
+// for MAX_BLOCKS.
 dim3 column_grid(size_t cols, size_t cap) {
     return dim3((unsigned int)std::clamp<size_t>((cols + COLUMN_TX - 1) / COLUMN_TX, 1, cap));
 }
@@ -172,24 +105,13 @@ void check_sum_squares(size_t n, bool integers, size_t cap) {
     check_guards("sum_squares out", out);
 }
 
-// Float squares, not double ones: n copies of d = 1 + 2⁻¹², whose float square 1 + 2⁻¹¹ (d² rounded, a
-// tie to even) makes every partial sum exact in double, so the result is known to the bit.
+// Float squares, not double ones: n copies of TIE (see check_util.h).
 void check_sum_squares_float_squares(size_t n) {
-    const float d = 1.0f + 1.0f / 4096.0f;
     Padded x(n), out(1);
-    for (size_t i = 0; i < n; ++i) x[i] = d;
+    for (size_t i = 0; i < n; ++i) x[i] = TIE;
     std::vector<double> partials(MSE_MAX_BLOCKS, NAN);
     host_sum_squares(x.data(), n, out.data(), partials.data(), MSE_MAX_BLOCKS);
-    const float want = (float)((double)n * (double)(d * d));
-    const float double_squares = (float)((double)n * ((double)d * (double)d));
-    ++checked;
-    if (want == double_squares) {
-        fail("sum_squares float squares n=%zu: the case cannot tell float squares from double ones", n);
-    }
-    if (bits_of(out[0]) != bits_of(want)) {
-        fail("sum_squares of float squares n=%zu: %.9g, want %.9g (double squares would give %.9g)", n, out[0], want,
-             double_squares);
-    }
+    check_sum_of_tie_squares("sum_squares of float squares", n, out[0]);
 }
 
 void check_div_by_sqrt(size_t n, float s, size_t cap) {
@@ -286,6 +208,7 @@ void check_center_columns(size_t rows, size_t cols, bool integers, size_t cap) {
 }  // namespace
 
 int main() {
+    seed_rng(8675309u);
     // diagonal_affine: (n, cap) × (scale, shift), scale 0 included (the diagonal is then NaN, never read).
     const size_t diag_sizes[][2] = {{0, MAX_BLOCKS}, {1, MAX_BLOCKS}, {2, MAX_BLOCKS}, {17, MAX_BLOCKS},
                                     {256, MAX_BLOCKS}, {257, MAX_BLOCKS}, {300, 1}, {520, 2}};
@@ -329,6 +252,5 @@ int main() {
             check_center_columns(s[0], s[1], integers, s[2]);
         }
     }
-    std::printf("constraints_checks: %ld values checked, %d failures\n", checked, failures);
-    return failures == 0 ? 0 : 1;
+    return report("constraints_checks", "values");
 }

@@ -9,79 +9,18 @@
 // (and preceded) by rows of a finite sentinel, so a read just past the end shows as a number, not NaN.
 // out has NaN guards on both sides. Built and run by tests/kernels_on_cpu.rs; exits non-zero after printing
 // every failure.
-#include <algorithm>
-#include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
-#include <vector>
 
 #include "data.cu"
+#include "check_util.h"
 
 namespace {
 
-// src/backend/cuda.rs: THREADS and MAX_GRID_Y of gather_config.
-constexpr unsigned int THREADS = 256;
+// src/backend/cuda.rs: MAX_GRID_Y of gather_config (its THREADS is check_util.h's).
 constexpr size_t MAX_GRID_Y = 65535;
 
-constexpr size_t PAD = 32;  // guard floats on each side: a 32-column tile, what a missing bound check overruns
-constexpr unsigned int GUARD_BITS = 0x7fe5a5a5u;  // a quiet NaN no kernel produces
 constexpr float SENTINEL = 777.0f;                // around the data: what a read out of range would see
 constexpr unsigned short HALF_SENTINEL = 0x3c00;  // 1.0 in f16, 2^-7·(1 + 60/128) in bf16: finite either way
-
-unsigned int rng_state = 4242u;
-unsigned int next_u32() {
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return rng_state;
-}
-float next_uniform() {  // in [-1, 1)
-    return (float)(next_u32() >> 8) / (float)(1u << 23) - 1.0f;
-}
-
-unsigned int bits_of(float f) {
-    unsigned int b;
-    std::memcpy(&b, &f, 4);
-    return b;
-}
-float from_bits(unsigned int b) {
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-bool same(float got, float want) { return (std::isnan(got) && std::isnan(want)) || bits_of(got) == bits_of(want); }
-
-int failures = 0;
-long checked = 0;
-
-__attribute__((format(printf, 1, 2))) void fail(const char* fmt, ...) {
-    if (++failures <= 30) {
-        std::va_list args;
-        va_start(args, fmt);
-        std::printf("FAIL ");
-        std::vprintf(fmt, args);
-        std::printf("\n");
-        va_end(args);
-    }
-}
-
-struct Padded {
-    std::vector<float> buf;
-    explicit Padded(size_t n) : buf(n + 2 * PAD, from_bits(GUARD_BITS)) {}
-    float* data() { return buf.data() + PAD; }
-    float& operator[](size_t i) { return buf[PAD + i]; }
-    float operator[](size_t i) const { return buf[PAD + i]; }
-    size_t size() const { return buf.size() - 2 * PAD; }
-};
-
-void check_guards(const char* what, const Padded& p) {
-    for (size_t i = 0; i < p.buf.size(); ++i) {
-        if ((i < PAD || i >= PAD + p.size()) && bits_of(p.buf[i]) != GUARD_BITS) {
-            fail("%s: guard %zu of %zu (n=%zu) overwritten with %.9g", what, i, p.buf.size(), p.size(), p.buf[i]);
-        }
-    }
-}
 
 // gather_config of src/backend/cuda.rs, with the two caps as parameters (MAX_GRID_Y there).
 dim3 gather_config(size_t cols, size_t out_rows, size_t cap_x, size_t cap_y) {
@@ -188,6 +127,7 @@ void check_gather_half(unsigned int format, size_t data_rows, size_t cols, size_
 }  // namespace
 
 int main() {
+    seed_rng(4242u);
     // (data_rows, cols, out_rows, cap_x, cap_y): one element; a few columns, rows repeated; a row of two
     // column blocks; a row four times wider than the one column block it gets; rows walked by a grid of 3
     // (and 1) rows; no data at all (every row out of range); one column.
@@ -209,6 +149,5 @@ int main() {
     // Every bit pattern of each format: 256 rows of 256, gathered in order, then 3 rows out of range.
     check_gather_half(0, 256, 256, 259, M, M, false, true);
     check_gather_half(1, 256, 256, 259, M, 64, false, true);
-    std::printf("data_checks: %ld elements checked, %d failures\n", checked, failures);
-    return failures == 0 ? 0 : 1;
+    return report("data_checks", "elements");
 }

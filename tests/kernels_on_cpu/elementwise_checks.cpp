@@ -8,84 +8,13 @@
 //   - act_backward: grad *= f'(y), the same float operations as the CPU twin (no contraction, see
 //     common.cuh): bit for bit.
 //   - fill: bit for bit, NaN payloads included.
-// Every buffer has PAD guard floats on both sides holding a NaN with a payload: a read past the region gives
-// NaN (and a mismatch), a write past it changes the guard's bits. Built and run by tests/kernels_on_cpu.rs;
-// exits non-zero after printing every failure.
-#include <algorithm>
-#include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-
+// Every buffer has PAD guard floats on both sides holding a NaN with a payload (Padded, check_util.h): a
+// read past the region gives NaN (and a mismatch), a write past it changes the guard's bits. Built and run by
+// tests/kernels_on_cpu.rs; exits non-zero after printing every failure.
 #include "elementwise.cu"
+#include "check_util.h"
 
 namespace {
-
-// src/backend/cuda.rs: THREADS and MAX_BLOCKS of grid_1d.
-constexpr unsigned int THREADS = 256;
-constexpr size_t MAX_BLOCKS = 4096;
-
-constexpr size_t PAD = 32;  // guard floats on each side: a 32-column tile, what a missing bound check overruns
-constexpr unsigned int GUARD_BITS = 0x7fe5a5a5u;  // a quiet NaN no kernel produces
-
-unsigned int rng_state = 2024u;
-float next_uniform() {  // in [-1, 1)
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return (float)(rng_state >> 8) / (float)(1u << 23) - 1.0f;
-}
-
-unsigned int bits_of(float f) {
-    unsigned int b;
-    std::memcpy(&b, &f, 4);
-    return b;
-}
-float from_bits(unsigned int b) {
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-// Bit for bit, except that any NaN matches any NaN (the hardware may change a payload).
-bool same(float got, float want) { return (std::isnan(got) && std::isnan(want)) || bits_of(got) == bits_of(want); }
-
-int failures = 0;
-long checked = 0;
-
-__attribute__((format(printf, 1, 2))) void fail(const char* fmt, ...) {
-    if (++failures <= 30) {
-        std::va_list args;
-        va_start(args, fmt);
-        std::printf("FAIL ");
-        std::vprintf(fmt, args);
-        std::printf("\n");
-        va_end(args);
-    }
-}
-
-// n floats at offset PAD of a buffer with PAD guards on both sides.
-struct Padded {
-    std::vector<float> buf;
-    explicit Padded(size_t n) : buf(n + 2 * PAD, from_bits(GUARD_BITS)) {}
-    float* data() { return buf.data() + PAD; }
-    float& operator[](size_t i) { return buf[PAD + i]; }
-    float operator[](size_t i) const { return buf[PAD + i]; }
-    size_t size() const { return buf.size() - 2 * PAD; }
-};
-
-void check_guards(const char* what, const Padded& p) {
-    for (size_t i = 0; i < p.buf.size(); ++i) {
-        if ((i < PAD || i >= PAD + p.size()) && bits_of(p.buf[i]) != GUARD_BITS) {
-            fail("%s: guard %zu of %zu (n=%zu) overwritten with %.9g", what, i, p.buf.size(), p.size(), p.buf[i]);
-        }
-    }
-}
-
-// grid_1d of src/backend/cuda.rs: n.div_ceil(THREADS).clamp(1, MAX_BLOCKS) blocks of THREADS threads; `cap`
-// stands in for MAX_BLOCKS.
-dim3 grid_1d(size_t n, size_t cap) {
-    return dim3((unsigned int)std::clamp<size_t>((n + THREADS - 1) / THREADS, 1, cap));
-}
 
 // The host side of each op (src/backend/cuda.rs), with the grid cap as a parameter.
 void host_bias_act(float* z, size_t n, size_t cols, const float* bias, unsigned int act, size_t cap) {
@@ -113,16 +42,6 @@ double activate(double z, unsigned int act) {
         case ACT_TANH: return std::tanh(z);
         case ACT_SIGMOID: return 1.0 / (1.0 + std::exp(-z));
         default: return z;  // linear, and any unknown code
-    }
-}
-
-// The CPU twin's f'(y) (Activation::grad_from_output in src/activation.rs), in float.
-float grad_from_output(float y, unsigned int act) {
-    switch (act) {
-        case ACT_RELU: return y > 0.0f ? 1.0f : 0.0f;
-        case ACT_TANH: return 1.0f - y * y;
-        case ACT_SIGMOID: return y * (1.0f - y);
-        default: return 1.0f;
     }
 }
 
@@ -210,6 +129,7 @@ void check_fill(size_t n, float value, size_t cap) {
 }  // namespace
 
 int main() {
+    seed_rng(2024u);
     const unsigned int acts[] = {ACT_LINEAR, ACT_RELU, ACT_TANH, ACT_SIGMOID, 7u /* unknown: linear */};
     // (rows, cols, cap): one element; one row; cols not dividing 256; exactly one block; a row wider than a
     // block; one column; capped grids of 1 and 3 blocks over many blocks' worth of elements.
@@ -235,6 +155,5 @@ int main() {
     check_fill(300, -0.0f, 2);
     check_fill(300, INFINITY, MAX_BLOCKS);
     check_fill(300, from_bits(0x7fc01234u), MAX_BLOCKS);  // a NaN with a payload is copied as it is
-    std::printf("elementwise_checks: %ld elements checked, %d failures\n", checked, failures);
-    return failures == 0 ? 0 : 1;
+    return report("elementwise_checks", "elements");
 }

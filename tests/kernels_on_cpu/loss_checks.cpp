@@ -13,72 +13,13 @@
 // its strided loop runs). The scratch is NaN beyond what a launch may read; pred, target, grad and loss have
 // NaN guards on both sides. Built and run by tests/kernels_on_cpu.rs; exits non-zero after printing every
 // failure.
-#include <algorithm>
-#include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-
 #include "loss.cu"
+#include "check_util.h"
 
 // src/backend/cuda.rs says the same.
 static_assert(MSE_THREADS == 256 && MSE_MAX_BLOCKS == 1024, "MSE_THREADS / MSE_MAX_BLOCKS of src/backend/cuda.rs");
 
 namespace {
-
-constexpr size_t PAD = 32;  // guard floats on each side: a 32-column tile, what a missing bound check overruns
-constexpr unsigned int GUARD_BITS = 0x7fe5a5a5u;  // a quiet NaN no kernel produces
-
-unsigned int rng_state = 777u;
-float next_uniform() {  // in [-1, 1)
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return (float)(rng_state >> 8) / (float)(1u << 23) - 1.0f;
-}
-
-unsigned int bits_of(float f) {
-    unsigned int b;
-    std::memcpy(&b, &f, 4);
-    return b;
-}
-float from_bits(unsigned int b) {
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-bool same(float got, float want) { return (std::isnan(got) && std::isnan(want)) || bits_of(got) == bits_of(want); }
-
-int failures = 0;
-long checked = 0;
-
-__attribute__((format(printf, 1, 2))) void fail(const char* fmt, ...) {
-    if (++failures <= 30) {
-        std::va_list args;
-        va_start(args, fmt);
-        std::printf("FAIL ");
-        std::vprintf(fmt, args);
-        std::printf("\n");
-        va_end(args);
-    }
-}
-
-struct Padded {
-    std::vector<float> buf;
-    explicit Padded(size_t n) : buf(n + 2 * PAD, from_bits(GUARD_BITS)) {}
-    float* data() { return buf.data() + PAD; }
-    float& operator[](size_t i) { return buf[PAD + i]; }
-    float operator[](size_t i) const { return buf[PAD + i]; }
-    size_t size() const { return buf.size() - 2 * PAD; }
-};
-
-void check_guards(const char* what, const Padded& p) {
-    for (size_t i = 0; i < p.buf.size(); ++i) {
-        if ((i < PAD || i >= PAD + p.size()) && bits_of(p.buf[i]) != GUARD_BITS) {
-            fail("%s: guard %zu of %zu (n=%zu) overwritten with %.9g", what, i, p.buf.size(), p.size(), p.buf[i]);
-        }
-    }
-}
 
 // The backend's partial-sum scratch, NaN wherever no launch has written: reading a stale partial shows.
 std::vector<double> scratch() { return std::vector<double>(MSE_MAX_BLOCKS, NAN); }
@@ -93,16 +34,6 @@ void host_mse_backward(const float* pred, const float* target, unsigned int act,
                (unsigned long long)n, scale, act);
     }
     launch(mse_finalize, dim3(1), dim3(MSE_THREADS), (const double*)partials, (unsigned int)blocks, loss);
-}
-
-// Activation::grad_from_output of src/activation.rs, in float.
-float grad_from_output(float y, unsigned int act) {
-    switch (act) {
-        case ACT_RELU: return y > 0.0f ? 1.0f : 0.0f;
-        case ACT_TANH: return 1.0f - y * y;
-        case ACT_SIGMOID: return y * (1.0f - y);
-        default: return 1.0f;
-    }
 }
 
 void check_mse(size_t n, size_t count, unsigned int act, size_t cap) {
@@ -142,29 +73,17 @@ void check_mse(size_t n, size_t count, unsigned int act, size_t cap) {
     check_guards("mse loss", loss);
 }
 
-// The loss sums float squares, (double)(diff·diff), not double ones: with every diff d = 1 + 2⁻¹², d² =
-// 1 + 2⁻¹¹ + 2⁻²⁴ rounds (a tie, to even) to 1 + 2⁻¹¹ in float, and every partial sum k·(1 + 2⁻¹¹) is exact
-// in double whatever the order, so the loss is known to the bit, and differs from the one of double squares.
+// The loss sums float squares, (double)(diff·diff), not double ones: every diff TIE (see check_util.h).
 void check_float_squares(size_t n) {
-    const float d = 1.0f + 1.0f / 4096.0f;
     Padded pred(n), target(n), grad(n), loss(1);
     for (size_t i = 0; i < n; ++i) {
-        pred[i] = d;
+        pred[i] = TIE;
         target[i] = 0.0f;
     }
     std::vector<double> partials = scratch();
     host_mse_backward(pred.data(), target.data(), ACT_LINEAR, n, grad.data(), loss.data(), n, partials.data(),
                       MSE_MAX_BLOCKS);
-    const float want = (float)((double)n * (double)(d * d));
-    const float double_squares = (float)((double)n * ((double)d * (double)d));
-    ++checked;
-    if (want == double_squares) {
-        fail("float squares n=%zu: the case cannot tell float squares from double ones", n);
-    }
-    if (bits_of(loss[0]) != bits_of(want)) {
-        fail("mse loss of float squares n=%zu: %.9g, want %.9g (double squares would give %.9g)", n, loss[0], want,
-             double_squares);
-    }
+    check_sum_of_tie_squares("mse loss of float squares", n, loss[0]);
 }
 
 // mse_finalize alone over `num` partials in [0, 1) (squares are never negative).
@@ -188,6 +107,7 @@ void check_finalize(unsigned int num) {
 }  // namespace
 
 int main() {
+    seed_rng(777u);
     const unsigned int acts[] = {ACT_LINEAR, ACT_RELU, ACT_TANH, ACT_SIGMOID};
     // (n, cap): empty (only mse_finalize runs), one element, around one block, several blocks, capped grids
     // of 1, 2 and 5 blocks over many blocks' worth of elements.
@@ -208,6 +128,5 @@ int main() {
     for (unsigned int num : {0u, 1u, 2u, 255u, 256u, 257u, 511u, 1000u, (unsigned int)MSE_MAX_BLOCKS}) {
         check_finalize(num);
     }
-    std::printf("loss_checks: %ld values checked, %d failures\n", checked, failures);
-    return failures == 0 ? 0 : 1;
+    return report("loss_checks", "values");
 }

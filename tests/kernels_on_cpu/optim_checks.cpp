@@ -6,75 +6,12 @@
 // a C++ transcription of the CPU twins (`sgd_step` in src/backend/cpu.rs, `adam_generic` in
 // src/backend/cpu/fast_math.rs) in their operation order. Every buffer has NaN guards on both sides. Built and
 // run by tests/kernels_on_cpu.rs; exits non-zero after printing every failure.
-#include <algorithm>
-#include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-
 #include "optim.cu"
+#include "check_util.h"
 
 static_assert(sizeof(AdamConfig) == 16, "AdamConfig of src/backend/cuda.rs: four f32");
 
 namespace {
-
-// src/backend/cuda.rs: THREADS and MAX_BLOCKS of grid_1d.
-constexpr unsigned int THREADS = 256;
-constexpr size_t MAX_BLOCKS = 4096;
-
-constexpr size_t PAD = 32;  // guard floats on each side: a 32-column tile, what a missing bound check overruns
-constexpr unsigned int GUARD_BITS = 0x7fe5a5a5u;  // a quiet NaN no kernel produces
-
-unsigned int rng_state = 31337u;
-float next_uniform() {  // in [-1, 1)
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return (float)(rng_state >> 8) / (float)(1u << 23) - 1.0f;
-}
-
-unsigned int bits_of(float f) {
-    unsigned int b;
-    std::memcpy(&b, &f, 4);
-    return b;
-}
-float from_bits(unsigned int b) {
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-bool same(float got, float want) { return (std::isnan(got) && std::isnan(want)) || bits_of(got) == bits_of(want); }
-
-int failures = 0;
-long checked = 0;
-
-__attribute__((format(printf, 1, 2))) void fail(const char* fmt, ...) {
-    if (++failures <= 30) {
-        std::va_list args;
-        va_start(args, fmt);
-        std::printf("FAIL ");
-        std::vprintf(fmt, args);
-        std::printf("\n");
-        va_end(args);
-    }
-}
-
-struct Padded {
-    std::vector<float> buf;
-    explicit Padded(size_t n) : buf(n + 2 * PAD, from_bits(GUARD_BITS)) {}
-    float* data() { return buf.data() + PAD; }
-    float& operator[](size_t i) { return buf[PAD + i]; }
-    float operator[](size_t i) const { return buf[PAD + i]; }
-    size_t size() const { return buf.size() - 2 * PAD; }
-};
-
-void check_guards(const char* what, const Padded& p) {
-    for (size_t i = 0; i < p.buf.size(); ++i) {
-        if ((i < PAD || i >= PAD + p.size()) && bits_of(p.buf[i]) != GUARD_BITS) {
-            fail("%s: guard %zu of %zu (n=%zu) overwritten with %.9g", what, i, p.buf.size(), p.size(), p.buf[i]);
-        }
-    }
-}
 
 void compare(const char* what, size_t n, size_t cap, int step, const Padded& got, const std::vector<float>& want) {
     for (size_t i = 0; i < n; ++i) {
@@ -84,10 +21,6 @@ void compare(const char* what, size_t n, size_t cap, int step, const Padded& got
                  bits_of(got[i]), want[i], bits_of(want[i]));
         }
     }
-}
-
-dim3 grid_1d(size_t n, size_t cap) {
-    return dim3((unsigned int)std::clamp<size_t>((n + THREADS - 1) / THREADS, 1, cap));
 }
 
 // sgd_step and adam_step of src/backend/cuda.rs, with the grid cap as a parameter (MAX_BLOCKS there).
@@ -173,6 +106,7 @@ void check_adam(size_t n, float lr, float beta1, float beta2, float epsilon, boo
 }  // namespace
 
 int main() {
+    seed_rng(31337u);
     // (n, cap): empty (nothing launched), one element, around one block, several blocks, capped grids of 1
     // and 3 blocks over many blocks' worth of elements.
     const size_t cases[][2] = {{0, MAX_BLOCKS},   {1, MAX_BLOCKS},    {255, MAX_BLOCKS}, {256, MAX_BLOCKS},
@@ -185,6 +119,5 @@ int main() {
         check_adam(c[0], 0.001f, 0.9f, 0.999f, 1e-7f, true, c[1]);
         check_adam(c[0], 0.01f, 0.5f, 0.9f, 1e-3f, false, c[1]);
     }
-    std::printf("optim_checks: %ld values checked, %d failures\n", checked, failures);
-    return failures == 0 ? 0 : 1;
+    return report("optim_checks", "values");
 }

@@ -8,73 +8,12 @@
 //     |err| ≤ 6e-8·(⌈rows/16⌉ + 4)·Σ|m|; the check allows twice that.
 // m and out have NaN guards on both sides. Built and run by tests/kernels_on_cpu.rs; exits non-zero after
 // printing every failure.
-#include <algorithm>
-#include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-
 #include "reduce.cu"
+#include "check_util.h"
 
 static_assert(COL_SUM_TX == 32 && COL_SUM_TY == 16, "COL_SUM_BLOCK of src/backend/cuda.rs");
 
 namespace {
-
-// src/backend/cuda.rs: the cap on col_sum's grid.
-constexpr size_t MAX_BLOCKS = 4096;
-
-constexpr size_t PAD = 32;  // guard floats on each side: a 32-column tile, what a missing bound check overruns
-constexpr unsigned int GUARD_BITS = 0x7fe5a5a5u;  // a quiet NaN no kernel produces
-
-unsigned int rng_state = 99u;
-float next_uniform() {  // in [-1, 1)
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return (float)(rng_state >> 8) / (float)(1u << 23) - 1.0f;
-}
-
-unsigned int bits_of(float f) {
-    unsigned int b;
-    std::memcpy(&b, &f, 4);
-    return b;
-}
-float from_bits(unsigned int b) {
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-
-int failures = 0;
-long checked = 0;
-
-__attribute__((format(printf, 1, 2))) void fail(const char* fmt, ...) {
-    if (++failures <= 30) {
-        std::va_list args;
-        va_start(args, fmt);
-        std::printf("FAIL ");
-        std::vprintf(fmt, args);
-        std::printf("\n");
-        va_end(args);
-    }
-}
-
-struct Padded {
-    std::vector<float> buf;
-    explicit Padded(size_t n) : buf(n + 2 * PAD, from_bits(GUARD_BITS)) {}
-    float* data() { return buf.data() + PAD; }
-    float& operator[](size_t i) { return buf[PAD + i]; }
-    float operator[](size_t i) const { return buf[PAD + i]; }
-    size_t size() const { return buf.size() - 2 * PAD; }
-};
-
-void check_guards(const char* what, const Padded& p) {
-    for (size_t i = 0; i < p.buf.size(); ++i) {
-        if ((i < PAD || i >= PAD + p.size()) && bits_of(p.buf[i]) != GUARD_BITS) {
-            fail("%s: guard %zu of %zu (n=%zu) overwritten with %.9g", what, i, p.buf.size(), p.size(), p.buf[i]);
-        }
-    }
-}
 
 // col_sum of src/backend/cuda.rs, with the grid cap as a parameter (MAX_BLOCKS there).
 void host_col_sum(const float* m, size_t rows, size_t cols, float* out, size_t cap) {
@@ -89,7 +28,7 @@ void host_col_sum(const float* m, size_t rows, size_t cols, float* out, size_t c
 void check(size_t rows, size_t cols, size_t cap, bool integers) {
     Padded m(rows * cols), out(cols);
     for (size_t i = 0; i < rows * cols; ++i) {
-        m[i] = integers ? std::floor(9.0f * next_uniform()) : next_uniform();
+        m[i] = integers ? next_integer() : next_uniform();
     }
     host_col_sum(m.data(), rows, cols, out.data(), cap);
     for (size_t c = 0; c < cols; ++c) {
@@ -113,6 +52,7 @@ void check(size_t rows, size_t cols, size_t cap, bool integers) {
 }  // namespace
 
 int main() {
+    seed_rng(99u);
     // (rows, cols, cap): no rows; one element; one row of two tiles; exactly one tile of 16 rows; one column
     // short of a tile and one row over; a single column of many rows; a partial last tile; tiles walked by
     // capped grids of 2 and 1 blocks; one row short of a multiple of COL_SUM_TY.
@@ -125,6 +65,5 @@ int main() {
         check(s[0], s[1], s[2], false);
         check(s[0], s[1], s[2], true);
     }
-    std::printf("reduce_checks: %ld column sums checked, %d failures\n", checked, failures);
-    return failures == 0 ? 0 : 1;
+    return report("reduce_checks", "column sums");
 }
