@@ -126,6 +126,10 @@ fi
 for exe in "$bundle"/tests/*; do
   [ -f "$exe" ] && [ -x "$exe" ] || continue
   name="$(basename "$exe")"
+  if [ "$name" = kernels_on_cpu ]; then
+    skip "test-$name" "CPU-only (the kernels compiled for the CPU): CI runs it; GPU time is better spent"
+    continue
+  fi
   step "test-$name" 300 "$exe" --test-threads=1 --nocapture ${ptx_skip[@]+"${ptx_skip[@]}"}
 done
 
