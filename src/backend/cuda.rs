@@ -589,10 +589,12 @@ impl CudaBackend {
         let trans_a = i32::from(g.trans_a == Trans::T);
         let trans_b = i32::from(g.trans_b == Trans::T);
         let plan = self.gemm_kernel.plan(m, n, k, self.info.multiprocessors);
-        let (tile, threads, splits, k_split) = match plan {
-            GemmPlan::Large => (GEMM_LARGE_TILE, GEMM_LARGE_THREADS, 1, 0),
-            GemmPlan::Tile64 => (GEMM_TILE, GEMM_THREADS, 1, 0),
-            GemmPlan::SplitK { k_split, splits } => (GEMM_TILE, GEMM_THREADS, splits, k_split),
+        let (name, tile, threads, splits, k_split) = match plan {
+            GemmPlan::Large => ("gemm_large", GEMM_LARGE_TILE, GEMM_LARGE_THREADS, 1, 0),
+            GemmPlan::Tile64 => ("gemm", GEMM_TILE, GEMM_THREADS, 1, 0),
+            GemmPlan::SplitK { k_split, splits } => {
+                ("gemm", GEMM_TILE, GEMM_THREADS, splits, k_split)
+            }
         };
         // Split-K's partial sums: splits·m·n floats of the backend's scratch, grown when too small.
         let p_partials = if let GemmPlan::SplitK { .. } = plan {
@@ -619,14 +621,12 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let k_split_i = k_split as i32;
-        let name = match plan {
-            GemmPlan::Large => "gemm_large",
-            _ => "gemm",
+        let function = if plan == GemmPlan::Large {
+            &self.k.gemm_large
+        } else {
+            &self.k.gemm
         };
-        let mut launch = match plan {
-            GemmPlan::Large => self.stream.launch_builder(&self.k.gemm_large),
-            _ => self.stream.launch_builder(&self.k.gemm),
-        };
+        let mut launch = self.stream.launch_builder(function);
         launch
             .arg(&p_a)
             .arg(&p_b)
