@@ -742,6 +742,25 @@ impl CudaBackend {
         base + (offset * std::mem::size_of::<T>()) as u64
     }
 
+    /// The second launch of `mse_backward` and `sum_squares`: `mse_finalize` sums the first `blocks`
+    /// per-block partials (written by the launch just before, in stream order) into the float at `p_out`.
+    fn finalize_partials(&self, p_partials: u64, blocks: usize, p_out: u64) -> Result<()> {
+        let num_partials = blocks as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (MSE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.k.mse_finalize);
+        launch.arg(&p_partials).arg(&num_partials).arg(&p_out);
+        // SAFETY: mse_finalize(const double* partials, u32 num_partials, float* loss); the first
+        // num_partials (<= MSE_MAX_BLOCKS) partials were written by the caller's launch just before (stream
+        // order), p_out addresses one float (the caller checked it with `ptr`); one block of MSE_THREADS
+        // threads as the kernel requires.
+        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_finalize", e))?;
+        Ok(())
+    }
+
     fn launch_error(&self, kernel: &str, e: DriverError) -> Error {
         device_error(&format!("launching {kernel} on {}", self.info.name), e)
     }
@@ -1057,19 +1076,7 @@ impl Backend for CudaBackend {
             // shared-memory tree requires.
             unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_backward", e))?;
         }
-        let num_partials = blocks as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (MSE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = self.stream.launch_builder(&self.k.mse_finalize);
-        launch.arg(&p_partials).arg(&num_partials).arg(&p_loss);
-        // SAFETY: mse_finalize(const double* partials, u32 num_partials, float* loss); the first
-        // num_partials partials were written by the launch above (stream order), loss addresses one float
-        // (checked by `ptr`); one block of MSE_THREADS threads as the kernel requires.
-        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_finalize", e))?;
-        Ok(())
+        self.finalize_partials(p_partials, blocks, p_loss)
     }
 
     // m is (rows, cols), out is (cols): out[j] = Σ_r m[r, j] (overwritten). Twin of `col_sum` in cpu.rs.
@@ -1209,19 +1216,7 @@ impl Backend for CudaBackend {
             unsafe { launch.launch(cfg) }
                 .map_err(|e| self.launch_error("sum_squares_partials", e))?;
         }
-        let num_partials = blocks as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (MSE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = self.stream.launch_builder(&self.k.mse_finalize);
-        launch.arg(&p_partials).arg(&num_partials).arg(&p_out);
-        // SAFETY: mse_finalize(const double* partials, u32 num_partials, float* loss); the first
-        // num_partials partials were written by the launch above (stream order), out addresses one float
-        // (checked by `ptr`); one block of MSE_THREADS threads as the kernel requires.
-        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_finalize", e))?;
-        Ok(())
+        self.finalize_partials(p_partials, blocks, p_out)
     }
 
     // x is (n), sum_sq is (1): x /= √sum_sq[0] when sum_sq[0] > 0. Twin of `div_by_sqrt` in cpu.rs.
