@@ -42,6 +42,12 @@ stem="bench/results/cpu-$machine-$date"
 out="$stem.jsonl"
 md="$stem.md"
 : >"$out"
+# What the model name leaves out (one "Intel Xeon Processor" can be several generations): family/model,
+# caches, AVX-512. summarize.py prints it under the machine.
+cpu_field() { grep -m1 "^$1[[:space:]]*:" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'; }
+cache() { lscpu 2>/dev/null | grep -m1 "^$1" | cut -d: -f2- | sed 's/^ *//'; }
+avx512=$(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)
+echo "{\"cpu\": \"family $(cpu_field 'cpu family') model $(cpu_field model), L1d $(cache 'L1d cache'), L2 $(cache 'L2 cache'), L3 $(cache 'L3 cache'), AVX-512 $avx512\"}" >>"$out"
 
 tag() { sed "s/^{/{\"round\": $1, /" | grep '^{' | tee -a "$out"; }
 

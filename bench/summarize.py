@@ -15,7 +15,9 @@ GEMM_GOAL = 0.60
 
 
 def main(path):
-    rows = [json.loads(line) for line in open(path) if line.startswith("{")]
+    lines = [json.loads(line) for line in open(path) if line.startswith("{")]
+    cpu = next((r["cpu"] for r in lines if "cpu" in r), None)
+    rows = [r for r in lines if "workload" in r]
     by = defaultdict(dict)  # (workload, device) -> round -> row
     for r in rows:
         by[(r["workload"], r["device"])][r.get("round", 1)] = r
@@ -24,6 +26,8 @@ def main(path):
     dates = sorted({r["date"] for r in rows if "date" in r})
     print(f"# CPU benchmark: tiedae vs Keras vs numpy\n")
     print(f"- machine: {first.get('machine', '?')}, {first.get('cores', '?')} cores")
+    if cpu:
+        print(f"- CPU: {cpu}")
     print(f"- date: {', '.join(dates) or '?'} (UTC)")
     sides = "tiedae, Keras" + (", PyTorch" if any(d == "torch-cpu" for _, d in by) else "") + ", numpy, our GEMM"
     print(f"- rounds: {len(rounds)} ({sides}, interleaved); figures are medians over rounds")
