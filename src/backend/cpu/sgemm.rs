@@ -9,10 +9,13 @@
 //! Blocking (BLIS's loop order): for each NC-wide column block of C and each KC-deep slice of k, op(B) is
 //! packed into NR-wide panels (`[panel][p][NR]`, zero-padded); for each MC-tall row block, the micro-kernel
 //! computes one MR×NR tile of C from MR rows of op(A) and one B panel, with the MR·NR/16 = 24 accumulators
-//! held in zmm registers. op(A) is read in place, since the kernel only broadcasts its elements (packing it
-//! cost more than it saved at the narrow widths of the workloads); only a last panel of fewer than MR rows
-//! is copied and zero-padded. Every element of C is summed in the same order whatever the thread split, so
-//! the result does not depend on the thread count.
+//! held in zmm registers. An untransposed op(A) is read in place, since the kernel only broadcasts its
+//! elements (packing it cost more than it saved at the narrow widths of the workloads); only a last panel of
+//! fewer than MR rows is copied and zero-padded. A transposed op(A) (`rsa == 1`: the dW = Xᵀ·δ products),
+//! read in place, touches a new cache line for every k and ran at ~70% of the untransposed speed, so it is
+//! packed (`[panel][p][MR]`) wherever each packed panel serves at least PACK_A_MIN_PANELS B panels. Packing
+//! moves values, not sums: every element of C is summed in the same order whatever the thread split or
+//! packing, so the result does not depend on the thread count.
 
 use super::pool;
 use std::cell::RefCell;
@@ -33,6 +36,15 @@ const NC: usize = 1024;
 /// workload's 256×32×64 products split in two and ran it at 1.85-1.90M samples/s; 2^21 runs them whole, at
 /// 2.17-2.24M (mnist, whose products are 4-50M MACs, unchanged).
 const PARALLEL_MIN_MACS: usize = 1 << 21;
+
+/// A transposed op(A) (its MR values of one k side by side, a new cache line for every k) is packed when each
+/// packed panel serves at least this many B panels; read in place it ran at 70% of the untransposed speed.
+const PACK_A_MIN_PANELS: usize = 4;
+
+/// Whether op(A) is packed: stored transposed (unit row stride), and wide enough to reuse each packed panel.
+fn packs_a(o: &Operands) -> bool {
+    o.rsa == 1 && o.csa != 1 && o.n.min(NC) >= PACK_A_MIN_PANELS * NR
+}
 
 /// Whether this CPU runs the AVX-512 kernel (checked once).
 pub fn available() -> bool {
@@ -130,7 +142,10 @@ pub unsafe fn sgemm(
         // part per thread instead (each part packs all of B, which is small then).
         let split_cols = col_tiles >= 2 * threads;
         let tiles = if split_cols { col_tiles } else { row_tiles };
-        let chunks = if split_cols {
+        let chunks = if split_cols && packs_a(&ops) && col_tiles >= PACK_A_MIN_PANELS * threads {
+            // A is packed per chunk: few wide chunks, so that each packed panel serves many B panels.
+            threads
+        } else if split_cols {
             tiles.min(4 * threads)
         } else {
             threads
@@ -185,7 +200,12 @@ unsafe fn gemm_serial(o: &Operands) {
     PACK.with(|cell| {
         let mut guard = cell.borrow_mut();
         let (apack, bpack) = &mut *guard;
-        let a_need = MR * KC.min(o.k);
+        let pack_all = packs_a(o);
+        let a_need = if pack_all {
+            MC.min(o.m).div_ceil(MR) * MR
+        } else {
+            MR
+        } * KC.min(o.k);
         let b_need = NC.min(o.n.div_ceil(NR) * NR) * KC.min(o.k);
         if apack.len() < a_need {
             apack.resize(a_need, 0.0);
@@ -213,8 +233,9 @@ unsafe fn gemm_serial(o: &Operands) {
                 for ic in (0..o.m).step_by(MC) {
                     let mc = MC.min(o.m - ic);
                     // op(A) is read in place (the kernel only broadcasts its elements); only a last panel
-                    // of fewer than MR rows is copied, zero-padded, so the kernel never reads past A.
-                    let full = mc / MR * MR;
+                    // of fewer than MR rows is copied, zero-padded, so the kernel never reads past A. A
+                    // packed op(A) copies the whole block: `full` rows in place is then 0.
+                    let full = if pack_all { 0 } else { mc / MR * MR };
                     if full < mc {
                         // SAFETY: rows ic+full..ic+mc and columns pc..pc+kc are inside op(A).
                         unsafe {
@@ -237,7 +258,7 @@ unsafe fn gemm_serial(o: &Operands) {
                             };
                             (ap, o.rsa, o.csa)
                         } else {
-                            (apack.as_ptr(), 1, MR as isize)
+                            (apack[(ir - full) * kc..].as_ptr(), 1, MR as isize)
                         };
                         for jr in (0..nc).step_by(NR) {
                             let nr = NR.min(nc - jr);
@@ -285,6 +306,17 @@ unsafe fn pack_a(dst: &mut [f32], a: *const f32, rsa: isize, csa: isize, mc: usi
         let rows = MR.min(mc - i0);
         if rows < MR {
             out.fill(0.0);
+        }
+        if rsa == 1 {
+            // The rows of one k are side by side: one short copy per k.
+            for (p, o) in out.chunks_exact_mut(MR).enumerate() {
+                // SAFETY: rows i0..i0+rows < mc at column p < kc are inside op(A), contiguous since rsa == 1.
+                let src = unsafe {
+                    std::slice::from_raw_parts(a.offset(i0 as isize + p as isize * csa), rows)
+                };
+                o[..rows].copy_from_slice(src);
+            }
+            continue;
         }
         for i in 0..rows {
             // SAFETY: row i0+i < mc and columns < kc are inside op(A) (caller's contract).
@@ -462,6 +494,7 @@ mod tests {
             (12, 32, 256),
             (25, 65, 300),
             (150, 70, 513),
+            (150, 200, 513),
             (300, 1030, 20),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
