@@ -39,6 +39,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 21;
 
 /// A transposed op(A) (its MR values of one k side by side, a new cache line for every k) is packed when each
 /// packed panel serves at least this many B panels; read in place it ran at 70% of the untransposed speed.
+/// One thread packs it block by block; several pack it whole once, together, and share it.
 const PACK_A_MIN_PANELS: usize = 4;
 
 /// Whether op(A) is packed: stored transposed (unit row stride), and wide enough to reuse each packed panel.
@@ -77,6 +78,11 @@ struct Operands {
     beta: f32,
     c: *mut f32,
     ldc: usize,
+    /// op(A) already packed whole, shared by the threads of one product (null: not packed): k slice `pc`
+    /// starts at `a_packed + pc·a_packed_rows`, and within it the panel of rows i..i+MR at `+ i·kc`.
+    a_packed: *const f32,
+    /// op(A)'s rows rounded up to MR.
+    a_packed_rows: usize,
 }
 
 // SAFETY: the pointers are only dereferenced inside `sgemm`'s call, while the caller's borrows are alive, and
@@ -123,6 +129,8 @@ pub unsafe fn sgemm(
         beta,
         c,
         ldc,
+        a_packed: std::ptr::null(),
+        a_packed_rows: 0,
     };
     if k == 0 {
         // SAFETY: C covers m×n with leading dimension ldc (caller's contract).
@@ -137,46 +145,101 @@ pub unsafe fn sgemm(
         threads
     };
     if threads > 1 {
-        // Column chunks share nothing (each packs its own part of B; A is read in place), so C is cut into
-        // several per thread and handed out dynamically. With few column tiles, C is cut by rows into one
-        // part per thread instead (each part packs all of B, which is small then).
+        // Column chunks share nothing but A (each packs its own part of B; A is read in place, or packed
+        // once beforehand when transposed), so C is cut into several per thread and handed out
+        // dynamically: a thread the host delays takes fewer. With few column tiles, C is cut by rows into
+        // one part per thread instead (each part packs all of B, which is small then).
         let split_cols = col_tiles >= 2 * threads;
         let tiles = if split_cols { col_tiles } else { row_tiles };
-        let chunks = if split_cols && packs_a(&ops) && col_tiles >= PACK_A_MIN_PANELS * threads {
-            // A is packed per chunk: few wide chunks, so that each packed panel serves many B panels.
-            threads
-        } else if split_cols {
+        let chunks = if split_cols {
             tiles.min(4 * threads)
         } else {
             threads
         };
-        let work = |t: usize| {
+        if split_cols && packs_a(&ops) {
+            // A transposed op(A) is packed once, by all threads, into this thread's shared buffer; the
+            // column chunks then read it like an op(A) in place.
+            SHARED_A.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                let rows = row_tiles * MR;
+                if buf.len() < rows * k {
+                    buf.resize(rows * k, 0.0);
+                }
+                let dst = pool::SharedMut::new(&mut buf[..rows * k]);
+                let slices = k.div_ceil(KC);
+                let src = &ops; // the whole struct (Sync), not its raw pointer field
+                pool::for_each(threads, slices * row_tiles, &|t| {
+                    let (pc, i0) = (t / row_tiles * KC, t % row_tiles * MR);
+                    let kc = KC.min(k - pc);
+                    let at = pc * rows + i0 * kc;
+                    // SAFETY: (slice, panel) pairs are distinct per t, so their ranges are disjoint; rows
+                    // i0.. (fewer than MR at the end) and columns pc..pc+kc are inside op(A).
+                    unsafe {
+                        pack_a(
+                            dst.part(at..at + MR * kc),
+                            src.a.offset(i0 as isize * rsa + pc as isize * csa),
+                            rsa,
+                            csa,
+                            MR.min(m - i0),
+                            kc,
+                        )
+                    };
+                });
+                let mut packed = ops;
+                packed.a_packed = buf.as_ptr();
+                packed.a_packed_rows = rows;
+                // SAFETY: as below, with op(A) read from the packed copy, which outlives the call.
+                unsafe { split_columns(threads, &packed, chunks) };
+            });
+            return;
+        }
+        if split_cols {
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { split_columns(threads, &ops, chunks) };
+            return;
+        }
+        pool::for_each(threads, chunks, &|t| {
             let (lo, hi) = (tiles * t / chunks, tiles * (t + 1) / chunks);
             if lo == hi {
                 return;
             }
+            let (i0, i1) = (lo * MR, (hi * MR).min(m));
             let mut part = ops;
-            if split_cols {
-                let (j0, j1) = (lo * NR, (hi * NR).min(n));
-                part.n = j1 - j0;
-                // SAFETY: j0 < n, so these stay inside op(B) and C.
-                part.b = unsafe { ops.b.offset(j0 as isize * ops.csb) };
-                part.c = unsafe { ops.c.add(j0) };
-            } else {
-                let (i0, i1) = (lo * MR, (hi * MR).min(m));
-                part.m = i1 - i0;
-                // SAFETY: i0 < m, so these stay inside op(A) and C.
-                part.a = unsafe { ops.a.offset(i0 as isize * ops.rsa) };
-                part.c = unsafe { ops.c.add(i0 * ops.ldc) };
+            part.m = i1 - i0;
+            // SAFETY: i0 < m, so these stay inside op(A) and C; chunks write disjoint rows of C.
+            unsafe {
+                part.a = ops.a.offset(i0 as isize * ops.rsa);
+                part.c = ops.c.add(i0 * ops.ldc);
+                gemm_serial(&part)
             }
-            // SAFETY: `part` is a sub-product of the caller's valid operands; chunks write disjoint parts of C.
-            unsafe { gemm_serial(&part) }
-        };
-        pool::for_each(threads, chunks, &work);
+        });
         return;
     }
     // SAFETY: forwarded from the caller's contract.
     unsafe { gemm_serial(&ops) }
+}
+
+/// Runs `o` as `chunks` column chunks of whole NR panels, handed out to `threads` threads.
+///
+/// # Safety
+/// `o` must satisfy `sgemm`'s contract (and `a_packed`, when set, cover op(A) packed).
+unsafe fn split_columns(threads: usize, o: &Operands, chunks: usize) {
+    let tiles = o.n.div_ceil(NR);
+    pool::for_each(threads, chunks, &|t| {
+        let (lo, hi) = (tiles * t / chunks, tiles * (t + 1) / chunks);
+        if lo == hi {
+            return;
+        }
+        let (j0, j1) = (lo * NR, (hi * NR).min(o.n));
+        let mut part = *o;
+        part.n = j1 - j0;
+        // SAFETY: j0 < n, so these stay inside op(B) and C; chunks write disjoint columns of C.
+        unsafe {
+            part.b = o.b.offset(j0 as isize * o.csb);
+            part.c = o.c.add(j0);
+            gemm_serial(&part)
+        }
+    });
 }
 
 /// `C = beta·C` (k = 0).
@@ -191,6 +254,8 @@ unsafe fn scale_c(o: &Operands) {
 }
 
 thread_local! {
+    /// The whole packed op(A) of a product this thread runs with helpers (they read it), kept between calls.
+    static SHARED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Packed A and B of this thread, kept between calls.
     static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -200,7 +265,8 @@ unsafe fn gemm_serial(o: &Operands) {
     PACK.with(|cell| {
         let mut guard = cell.borrow_mut();
         let (apack, bpack) = &mut *guard;
-        let pack_all = packs_a(o);
+        let prepacked = !o.a_packed.is_null();
+        let pack_all = !prepacked && packs_a(o);
         let a_need = if pack_all {
             MC.min(o.m).div_ceil(MR) * MR
         } else {
@@ -236,7 +302,7 @@ unsafe fn gemm_serial(o: &Operands) {
                     // of fewer than MR rows is copied, zero-padded, so the kernel never reads past A. A
                     // packed op(A) copies the whole block: `full` rows in place is then 0.
                     let full = if pack_all { 0 } else { mc / MR * MR };
-                    if full < mc {
+                    if full < mc && !prepacked {
                         // SAFETY: rows ic+full..ic+mc and columns pc..pc+kc are inside op(A).
                         unsafe {
                             pack_a(
@@ -251,7 +317,12 @@ unsafe fn gemm_serial(o: &Operands) {
                     }
                     for ir in (0..mc).step_by(MR) {
                         let mr = MR.min(mc - ir);
-                        let (ap, rsa, csa) = if ir < full {
+                        let (ap, rsa, csa) = if prepacked {
+                            // SAFETY: slice pc and rows ic+ir..+MR are inside the packed op(A).
+                            let ap =
+                                unsafe { o.a_packed.add(pc * o.a_packed_rows + (ic + ir) * kc) };
+                            (ap, 1, MR as isize)
+                        } else if ir < full {
                             // SAFETY: row ic+ir and column pc are inside op(A).
                             let ap = unsafe {
                                 o.a.offset((ic + ir) as isize * o.rsa + pc as isize * o.csa)
