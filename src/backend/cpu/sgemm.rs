@@ -375,14 +375,14 @@ unsafe fn pack_a(dst: &mut [f32], a: *const f32, rsa: isize, csa: isize, mc: usi
     {
         let i0 = panel * MR;
         let rows = MR.min(mc - i0);
-        if rows < MR {
-            out.fill(0.0);
-        }
         if rsa == 1 {
             // SAFETY: rows i0..i0+rows < mc at columns < kc are inside op(A), side by side since rsa == 1;
             // `out` holds kc·MR values; `available()` was checked by the caller.
             unsafe { pack_a_panel_cols(out, a.add(i0), csa, rows, kc) };
             continue;
+        }
+        if rows < MR {
+            out.fill(0.0);
         }
         for i in 0..rows {
             // SAFETY: row i0+i < mc and columns < kc are inside op(A) (caller's contract).
