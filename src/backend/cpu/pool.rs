@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// Elements per chunk of the element-wise ops (64 KiB of f32): smaller work is not worth a second thread.
 pub const CHUNK: usize = 1 << 14;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 
 /// Runs `f(i)` for every i in 0..chunks, on up to `threads` threads (this one included), each chunk once.
@@ -86,8 +86,9 @@ impl<'a, T> SharedMut<'a, T> {
 
 struct Pool {
     helpers: usize,
-    /// Held by the thread that is running a job; another caller meanwhile works alone.
-    busy: Mutex<()>,
+    /// Held by the thread that is running a job (another caller meanwhile works alone), with the weighing of
+    /// its waits for the helpers (see the module doc).
+    busy: Mutex<Balance>,
     /// Bumped once per job; helpers wait for it to change.
     generation: AtomicUsize,
     /// The current job: a `&(dyn Fn(usize) + Sync)` with its lifetime erased, valid while `pending > 0`.
@@ -95,14 +96,36 @@ struct Pool {
     /// Helpers that have not finished the current job.
     pending: AtomicUsize,
     panicked: AtomicBool,
-    /// The current window: jobs, and nanoseconds this thread worked and then waited for helpers.
-    window_jobs: AtomicUsize,
-    window_worked_ns: AtomicU64,
-    window_waited_ns: AtomicU64,
-    /// Jobs still to run alone before the helpers are tried again.
-    solo_left: AtomicUsize,
     wake: Condvar,
     sleep_lock: Mutex<()>,
+}
+
+/// The running caller's weighing of its waits for the helpers (see the module doc).
+#[derive(Default)]
+struct Balance {
+    /// Jobs in the current window, and the time this thread worked and then waited for helpers in it.
+    jobs: usize,
+    worked: Duration,
+    waited: Duration,
+    /// Jobs still to run alone before the helpers are tried again.
+    solo_left: usize,
+}
+
+impl Balance {
+    /// Adds one job to the current window; at the window's end, leaves the helpers out for SOLO_JOBS jobs if
+    /// this thread waited for them more than WAIT_SHARE of the time it worked.
+    fn note(&mut self, worked: Duration, waited: Duration) {
+        self.jobs += 1;
+        self.worked += worked;
+        self.waited += waited;
+        if self.jobs < WINDOW_JOBS {
+            return;
+        }
+        if self.waited.as_secs_f64() > WAIT_SHARE * self.worked.as_secs_f64() {
+            self.solo_left = SOLO_JOBS;
+        }
+        (self.jobs, self.worked, self.waited) = (0, Duration::ZERO, Duration::ZERO);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -126,15 +149,11 @@ impl Pool {
     fn new(helpers: usize) -> Pool {
         Pool {
             helpers,
-            busy: Mutex::new(()),
+            busy: Mutex::new(Balance::default()),
             generation: AtomicUsize::new(0),
             job: Mutex::new(None),
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
-            window_jobs: AtomicUsize::new(0),
-            window_worked_ns: AtomicU64::new(0),
-            window_waited_ns: AtomicU64::new(0),
-            solo_left: AtomicUsize::new(0),
             wake: Condvar::new(),
             sleep_lock: Mutex::new(()),
         }
@@ -160,12 +179,12 @@ impl Pool {
     /// Runs `work(t)` on every thread of the pool, t = 0 on this one, and returns when all are done; false
     /// (nothing run) when the pool is busy with another caller's job.
     fn run(&self, work: &(dyn Fn(usize) + Sync)) -> bool {
-        let Ok(_busy) = self.busy.try_lock() else {
+        let Ok(mut balance) = self.busy.try_lock() else {
             return false;
         };
         // Left alone for a while after the helpers kept this thread waiting (see the module doc).
-        if self.solo_left.load(Ordering::Relaxed) > 0 {
-            self.solo_left.fetch_sub(1, Ordering::Relaxed);
+        if balance.solo_left > 0 {
+            balance.solo_left -= 1;
             return false;
         }
         // SAFETY: the lifetime is erased only for the duration of this call: helpers call the job between the
@@ -196,34 +215,12 @@ impl Pool {
         let worked = start.elapsed();
         drop(wait);
         let waited = start.elapsed() - worked;
-        self.note_wait(worked, waited);
+        balance.note(worked, waited);
         assert!(
             !self.panicked.load(Ordering::SeqCst),
             "a CPU backend thread panicked"
         );
         true
-    }
-
-    /// Adds one job to the current window; at the window's end, leaves the helpers out for SOLO_JOBS jobs if
-    /// this thread waited for them more than WAIT_SHARE of the time it worked (see the module doc).
-    fn note_wait(&self, worked: Duration, waited: Duration) {
-        let worked = self
-            .window_worked_ns
-            .fetch_add(worked.as_nanos() as u64, Ordering::Relaxed)
-            + worked.as_nanos() as u64;
-        let waited = self
-            .window_waited_ns
-            .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed)
-            + waited.as_nanos() as u64;
-        if self.window_jobs.fetch_add(1, Ordering::Relaxed) + 1 < WINDOW_JOBS {
-            return;
-        }
-        if waited as f64 > WAIT_SHARE * worked as f64 {
-            self.solo_left.store(SOLO_JOBS, Ordering::Relaxed);
-        }
-        self.window_jobs.store(0, Ordering::Relaxed);
-        self.window_worked_ns.store(0, Ordering::Relaxed);
-        self.window_waited_ns.store(0, Ordering::Relaxed);
     }
 
     fn helper(&self, index: usize) {
@@ -267,21 +264,18 @@ mod tests {
     fn helpers_are_left_out_after_a_window_of_long_waits_only() {
         let us = Duration::from_micros;
         let pool = Pool::new(1);
+        let balance = || pool.busy.lock().unwrap();
         // An idle machine: the caller waits a little at the end of each job.
         for _ in 0..3 * WINDOW_JOBS {
-            pool.note_wait(us(400), us(30));
+            balance().note(us(400), us(30));
         }
-        assert_eq!(pool.solo_left.load(Ordering::Relaxed), 0);
+        assert_eq!(balance().solo_left, 0);
         // A busy one: now and then a helper loses its core for milliseconds.
         for job in 0..WINDOW_JOBS {
-            assert_eq!(
-                pool.solo_left.load(Ordering::Relaxed),
-                0,
-                "early, at job {job}"
-            );
-            pool.note_wait(us(400), if job % 8 == 0 { us(3000) } else { us(10) });
+            assert_eq!(balance().solo_left, 0, "early, at job {job}");
+            balance().note(us(400), if job % 8 == 0 { us(3000) } else { us(10) });
         }
-        assert_eq!(pool.solo_left.load(Ordering::Relaxed), SOLO_JOBS);
+        assert_eq!(balance().solo_left, SOLO_JOBS);
         // Jobs meanwhile run alone: `run` declines them, one by one, then uses the helpers again.
         let ran = AtomicUsize::new(0);
         for _ in 0..SOLO_JOBS {
@@ -290,7 +284,7 @@ mod tests {
             }));
         }
         assert_eq!(ran.load(Ordering::Relaxed), 0);
-        assert_eq!(pool.solo_left.load(Ordering::Relaxed), 0);
+        assert_eq!(balance().solo_left, 0);
     }
 
     #[test]
