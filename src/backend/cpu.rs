@@ -401,27 +401,12 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn col_sum(&mut self, m: Region, cols: usize, out: Region) -> Result<()> {
         assert_eq!(out.len, cols, "col_sum output size");
         self.with_out(out, |bufs, out| {
-            let m = Self::view(bufs, m);
-            let rows = m.len() / cols.max(1);
-            // Column ranges, each summed over all rows in row order: the same sums, bit for bit, whatever
-            // the thread count. A range of COLS columns is at least a 64-byte line of every row.
-            const COLS: usize = 64;
-            let threads = if rows * cols >= pool::CHUNK {
-                gemm_threads()
-            } else {
-                1
-            };
-            let out = pool::SharedMut::new(out);
-            pool::for_each_range(threads, cols, COLS, &|r| {
-                // SAFETY: the ranges of one for_each_range are disjoint.
-                let out = unsafe { out.part(r.clone()) };
-                out.fill(T::zero());
-                for row in m.chunks_exact(cols) {
-                    for (o, &x) in out.iter_mut().zip(&row[r.clone()]) {
-                        *o += x;
-                    }
+            out.fill(T::zero());
+            for row in Self::view(bufs, m).chunks_exact(cols) {
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o += x;
                 }
-            });
+            }
         });
         Ok(())
     }
