@@ -283,8 +283,8 @@ impl PackBuf {
         if self.0.len() < lines {
             self.0.resize(lines, Line([0.0; 16]));
         }
-        // SAFETY: `Line` is 16 f32 with no padding (repr(C), size 64 = align 64), so the lines are
-        // `16·len` f32 side by side, borrowed mutably with `self`.
+        // SAFETY: `Line` is 16 f32 with no padding (repr(C), size 64 = align 64), so the vector's lines are
+        // 16 f32 each, side by side, borrowed mutably with `self`.
         unsafe {
             std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<f32>(), self.0.len() * 16)
         }
