@@ -354,38 +354,13 @@ impl<T: Real> Backend for CpuBackend<T> {
                 // SAFETY: the ranges of one for_each_range are disjoint.
                 let grad = unsafe { grad.part(r.clone()) };
                 let (pred, target) = (&pred[r.clone()], &target[r.clone()]);
-                // f32: the same loop, compiled for the widest vectors this CPU has (cpu/fast_math.rs).
-                if let (Some(grad), Some(pred), Some(target)) =
-                    (as_f32_mut(grad), as_f32(pred), as_f32(target))
-                {
-                    let s = fast_math::mse_grad(grad, pred, target, scale.to_f32(), act);
-                    partial[r.start / chunk]
-                        .store(s.to_bits(), std::sync::atomic::Ordering::Relaxed);
-                    return;
-                }
-                let mut sums = [0.0f64; 8];
-                let body = |g: &mut T, p: T, t: T, sum: &mut f64| {
-                    let diff = p - t;
-                    *sum += (diff * diff).to_f64();
-                    *g = scale * diff * act.grad_from_output(p);
-                };
-                let mut g8 = grad.chunks_exact_mut(8);
-                let (mut p8, mut t8) = (pred.chunks_exact(8), target.chunks_exact(8));
-                for ((g, p), t) in (&mut g8).zip(&mut p8).zip(&mut t8) {
-                    for l in 0..8 {
-                        body(&mut g[l], p[l], t[l], &mut sums[l]);
+                // One loop (cpu/fast_math.rs), for f32 compiled for the widest vectors this CPU has.
+                let s = match (as_f32_mut(grad), as_f32(pred), as_f32(target)) {
+                    (Some(grad), Some(pred), Some(target)) => {
+                        fast_math::mse_grad(grad, pred, target, scale.to_f32(), act)
                     }
-                }
-                for (l, ((g, &p), &t)) in g8
-                    .into_remainder()
-                    .iter_mut()
-                    .zip(p8.remainder())
-                    .zip(t8.remainder())
-                    .enumerate()
-                {
-                    body(g, p, t, &mut sums[l]);
-                }
-                let s: f64 = sums.iter().sum();
+                    _ => fast_math::mse_grad_generic(grad, pred, target, scale, act),
+                };
                 partial[r.start / chunk].store(s.to_bits(), std::sync::atomic::Ordering::Relaxed);
             });
             partial

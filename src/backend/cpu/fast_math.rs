@@ -1,11 +1,45 @@
 //! Element-wise f32 loops the compiler can vectorize, compiled for the widest vectors the CPU has: tanh
-//! without a libm call per element, Adam, and the MSE gradient.
+//! without a libm call per element, Adam, and the MSE gradient (written once, generic, for every element type).
 //!
 //! `tanh` follows Cephes's `tanhf`: an odd polynomial for |x| < 0.625, `1 − 2/(e^{2|x|} + 1)` above, with
 //! `e^y` from Cephes's `expf` (range reduction by ln 2, degree-6 polynomial, the exponent put in with bit
 //! operations). Both branches are computed and one is selected, so a loop over a slice has no branch and no
 //! call and becomes SIMD code. Relative error ≤ 3·10⁻⁷ (a few ulp, checked below against f64), the accuracy
 //! class of CUDA's `tanhf` in the GPU twin. Plain multiplies and adds (no FMA): the same bits on every CPU.
+
+use crate::activation::Activation;
+use crate::backend::Real;
+
+/// Defines `pub fn $name` that runs `$generic` compiled for AVX-512 or AVX2 when the CPU has them (checked at
+/// each call: a cached CPUID bit), else as compiled for the baseline. The loops are written once, in
+/// `$generic` (`#[inline(always)]`), and the compiler vectorizes them for each width.
+macro_rules! widest_vectors {
+    ($(#[$doc:meta])* $name:ident => $generic:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
 
 /// tanh(x) for every finite f32; ±1 beyond |x| ≈ 9, NaN stays NaN.
 #[inline(always)]
@@ -57,20 +91,9 @@ fn exp_reduced(y: f32) -> f32 {
     p * scale
 }
 
-/// z is (rows, cols), bias is (cols): `z = tanh(z + bias)` in place.
-pub fn bias_tanh(z: &mut [f32], cols: usize, bias: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { bias_tanh_avx512(z, cols, bias) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { bias_tanh_avx2(z, cols, bias) };
-        }
-    }
-    bias_tanh_generic(z, cols, bias)
+widest_vectors! {
+    /// z is (rows, cols), bias is (cols): `z = tanh(z + bias)` in place.
+    bias_tanh => bias_tanh_generic(z: &mut [f32], cols: usize, bias: &[f32])
 }
 
 #[inline(always)]
@@ -82,33 +105,10 @@ fn bias_tanh_generic(z: &mut [f32], cols: usize, bias: &[f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn bias_tanh_avx512(z: &mut [f32], cols: usize, bias: &[f32]) {
-    bias_tanh_generic(z, cols, bias)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn bias_tanh_avx2(z: &mut [f32], cols: usize, bias: &[f32]) {
-    bias_tanh_generic(z, cols, bias)
-}
-
-/// Keras's Adam over flat f32 buffers, in `CpuBackend::adam_step`'s exact operation order (so the same
-/// bits as its generic loop), compiled for AVX-512 or AVX2 when the CPU has them.
-pub fn adam(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: super::AdamStep) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { adam_avx512(w, g, m, v, s) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { adam_avx2(w, g, m, v, s) };
-        }
-    }
-    adam_generic(w, g, m, v, s)
+widest_vectors! {
+    /// Keras's Adam over flat f32 buffers, in `CpuBackend::adam_step`'s exact operation order (so the same
+    /// bits as its generic loop).
+    adam => adam_generic(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: super::AdamStep)
 }
 
 #[inline(always)]
@@ -124,91 +124,59 @@ fn adam_generic(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: super
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn adam_avx512(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: super::AdamStep) {
-    adam_generic(w, g, m, v, s)
+widest_vectors! {
+    /// One range of the MSE gradient in f32: see [`mse_grad_generic`].
+    mse_grad => mse_grad_generic(grad: &mut [f32], pred: &[f32], target: &[f32], scale: f32, act: Activation) -> f64
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn adam_avx2(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: super::AdamStep) {
-    adam_generic(w, g, m, v, s)
-}
-
-/// One range of the MSE gradient: `grad = scale·(pred − target)·act′(pred)` (act′ from the output, as
-/// `Activation::grad_from_output`), returning Σ(pred − target)² in f64 from eight running sums (element i
-/// into sum i mod 8), in `CpuBackend::mse_backward`'s exact operation order: the same bits as its generic
-/// loop, compiled for AVX-512 or AVX2 when the CPU has them.
-pub fn mse_grad(
-    grad: &mut [f32],
-    pred: &[f32],
-    target: &[f32],
-    scale: f32,
-    act: crate::activation::Activation,
-) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { mse_grad_avx512(grad, pred, target, scale, act) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { mse_grad_avx2(grad, pred, target, scale, act) };
-        }
-    }
-    mse_grad_generic(grad, pred, target, scale, act)
-}
-
+/// One range of the MSE gradient: `grad = scale·(pred − target)·act′(pred)` (act′ from the output:
+/// `Activation::grad_from_output`), returning Σ(pred − target)² in f64 from eight running sums (element i into
+/// sum i mod 8; eight independent chains vectorize, one would wait on every add). `CpuBackend::mse_backward`
+/// runs it for every element type, through [`mse_grad`] for f32.
 #[inline(always)]
-fn mse_grad_generic(
-    grad: &mut [f32],
-    pred: &[f32],
-    target: &[f32],
-    scale: f32,
-    act: crate::activation::Activation,
+pub fn mse_grad_generic<T: Real>(
+    grad: &mut [T],
+    pred: &[T],
+    target: &[T],
+    scale: T,
+    act: Activation,
 ) -> f64 {
-    use crate::activation::Activation;
-    // One loop per activation, so that none has a branch on it per element.
+    // One loop per activation, each with its derivative inlined: no branch on the activation per element.
     match act {
-        Activation::Linear => mse_grad_with(grad, pred, target, scale, |_| 1.0),
-        Activation::Relu => {
-            mse_grad_with(
-                grad,
-                pred,
-                target,
-                scale,
-                |y| {
-                    if y > 0.0 {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                },
-            )
-        }
-        Activation::Tanh => mse_grad_with(grad, pred, target, scale, |y| 1.0 - y * y),
-        Activation::Sigmoid => mse_grad_with(grad, pred, target, scale, |y| y * (1.0 - y)),
+        Activation::Linear => mse_grad_with(grad, pred, target, scale, |y| {
+            Activation::Linear.grad_from_output(y)
+        }),
+        Activation::Relu => mse_grad_with(grad, pred, target, scale, |y| {
+            Activation::Relu.grad_from_output(y)
+        }),
+        Activation::Tanh => mse_grad_with(grad, pred, target, scale, |y| {
+            Activation::Tanh.grad_from_output(y)
+        }),
+        Activation::Sigmoid => mse_grad_with(grad, pred, target, scale, |y| {
+            Activation::Sigmoid.grad_from_output(y)
+        }),
     }
 }
 
 #[inline(always)]
-fn mse_grad_with(
-    grad: &mut [f32],
-    pred: &[f32],
-    target: &[f32],
-    scale: f32,
-    derivative: impl Fn(f32) -> f32,
+fn mse_grad_with<T: Real>(
+    grad: &mut [T],
+    pred: &[T],
+    target: &[T],
+    scale: T,
+    derivative: impl Fn(T) -> T,
 ) -> f64 {
     let mut sums = [0.0f64; 8];
+    let body = |g: &mut T, p: T, t: T, sum: &mut f64| {
+        let diff = p - t;
+        *sum += (diff * diff).to_f64();
+        *g = scale * diff * derivative(p);
+    };
     let mut g8 = grad.chunks_exact_mut(8);
     let (mut p8, mut t8) = (pred.chunks_exact(8), target.chunks_exact(8));
     for ((g, p), t) in (&mut g8).zip(&mut p8).zip(&mut t8) {
         for l in 0..8 {
-            let diff = p[l] - t[l];
-            sums[l] += (diff * diff) as f64;
-            g[l] = scale * diff * derivative(p[l]);
+            body(&mut g[l], p[l], t[l], &mut sums[l]);
         }
     }
     for (l, ((g, &p), &t)) in g8
@@ -218,35 +186,9 @@ fn mse_grad_with(
         .zip(t8.remainder())
         .enumerate()
     {
-        let diff = p - t;
-        sums[l] += (diff * diff) as f64;
-        *g = scale * diff * derivative(p);
+        body(g, p, t, &mut sums[l]);
     }
     sums.iter().sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn mse_grad_avx512(
-    grad: &mut [f32],
-    pred: &[f32],
-    target: &[f32],
-    scale: f32,
-    act: crate::activation::Activation,
-) -> f64 {
-    mse_grad_generic(grad, pred, target, scale, act)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn mse_grad_avx2(
-    grad: &mut [f32],
-    pred: &[f32],
-    target: &[f32],
-    scale: f32,
-    act: crate::activation::Activation,
-) -> f64 {
-    mse_grad_generic(grad, pred, target, scale, act)
 }
 
 #[cfg(test)]
