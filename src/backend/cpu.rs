@@ -13,6 +13,8 @@ use crate::error::Result;
 
 mod fast_math;
 mod pool;
+// x86-64 only: elsewhere the f32 GEMM is matrixmultiply's.
+#[cfg(target_arch = "x86_64")]
 mod sgemm;
 
 #[derive(Debug, Default)]
@@ -221,6 +223,7 @@ impl<T: Real> Backend for CpuBackend<T> {
                 return;
             }
             // f32 on an AVX-512 CPU: our packed, multithreaded GEMM (cpu/sgemm.rs); else matrixmultiply.
+            #[cfg(target_arch = "x86_64")]
             if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && sgemm::available() {
                 // SAFETY: T is f32 (checked just above), so the casts only rename the type; the asserts
                 // above make A, B and C exactly m·k, k·n and m·n elements, the strides describe those

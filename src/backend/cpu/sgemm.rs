@@ -1,7 +1,7 @@
-//! The CPU backend's f32 GEMM on x86-64 with AVX-512: a 12×32 register-blocked micro-kernel, packed B
-//! panels in buffers reused across calls (no allocation in a training step once warm), and the backend's
-//! thread pool (pool.rs) splitting large products across the cores. Machines without AVX-512 keep
-//! matrixmultiply.
+//! The CPU backend's f32 GEMM on x86-64 with AVX-512: a 12×32 register-blocked micro-kernel, packed B panels
+//! in buffers reused across calls (no allocation in a training step once warm), and the backend's thread pool
+//! (pool.rs) splitting large products across the cores. The module is compiled on x86-64 only; machines
+//! without AVX-512, and other architectures, keep matrixmultiply.
 //!
 //! Layouts: `C = alpha·op(A)·op(B) + beta·C`, op(A) m×k read as `a[i·rsa + p·csa]`, op(B) k×n read as
 //! `b[p·rsb + j·csb]`, C m×n row-major with leading dimension `ldc`. `beta == 0` never reads C.
@@ -53,16 +53,7 @@ fn packs_a(o: &Operands) -> bool {
 /// Whether this CPU runs the AVX-512 kernel (checked once).
 pub fn available() -> bool {
     static AVX512: OnceLock<bool> = OnceLock::new();
-    *AVX512.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
 }
 
 /// Raw operands of one GEMM, shared by the threads that compute parts of it.
@@ -453,7 +444,6 @@ unsafe fn pack_b(dst: &mut [f32], b: *const f32, rsb: isize, csb: isize, kc: usi
 /// One NR-column panel `[p][NR]` of an op(B) with contiguous rows (`b[p·rsb + j]`, j < cols ≤ NR): two 16-wide
 /// loads and stores per k, masked for a last panel of fewer columns (which zero-fills its padding). A slice
 /// copy per k went through libc's memmove for every 128 bytes: 10% of an mnist step.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_b_panel_rows(out: &mut [f32], b: *const f32, rsb: isize, cols: usize, kc: usize) {
     use std::arch::x86_64::*;
@@ -484,7 +474,6 @@ unsafe fn pack_b_panel_rows(out: &mut [f32], b: *const f32, rsb: isize, cols: us
 /// by 16×16 transposes in registers: 16 columns of 16 k each are loaded, transposed and stored as 16 rows of
 /// the panel (masked for the last k and for missing columns, which are zero). Element by element, this was
 /// 2% of an mnist step (strided 4-byte stores).
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_b_panel_cols(out: &mut [f32], b: *const f32, csb: isize, cols: usize, kc: usize) {
     use std::arch::x86_64::*;
@@ -519,7 +508,6 @@ unsafe fn pack_b_panel_cols(out: &mut [f32], b: *const f32, csb: isize, cols: us
 
 /// The 16×16 transpose of `r` (row i, lane p → row p, lane i): unpack 32-bit, unpack 64-bit, then two rounds
 /// of 128-bit lane shuffles.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
     use std::arch::x86_64::*;
@@ -556,7 +544,6 @@ fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512
 /// One MR-row panel `[p][MR]` of a transposed op(A) (`a[i + p·csa]`, i < rows ≤ MR): one masked 16-wide load
 /// and store per k (zero-filling the padding of a last panel of fewer rows), instead of a memmove call for
 /// every 48 bytes.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_a_panel_cols(out: &mut [f32], a: *const f32, csa: isize, rows: usize, kc: usize) {
     use std::arch::x86_64::*;
@@ -574,42 +561,8 @@ unsafe fn pack_a_panel_cols(out: &mut [f32], a: *const f32, csa: isize, rows: us
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_a_panel_cols(
-    _out: &mut [f32],
-    _a: *const f32,
-    _csa: isize,
-    _rows: usize,
-    _kc: usize,
-) {
-    unreachable!("sgemm::available() is false off x86-64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_b_panel_cols(
-    _out: &mut [f32],
-    _b: *const f32,
-    _csb: isize,
-    _cols: usize,
-    _kc: usize,
-) {
-    unreachable!("sgemm::available() is false off x86-64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_b_panel_rows(
-    _out: &mut [f32],
-    _b: *const f32,
-    _rsb: isize,
-    _cols: usize,
-    _kc: usize,
-) {
-    unreachable!("sgemm::available() is false off x86-64")
-}
-
 /// C[0..mr, 0..nr] = alpha·(A·Bp) + beta·C for R ≥ mr rows of A (element (i, p) at `a[i·rsa + p·csa]`, all
 /// R rows readable) and one packed B panel (kc×NR): R×32 accumulators in zmm registers.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const R: usize>(
@@ -666,24 +619,6 @@ unsafe fn kernel<const R: usize>(
             _mm512_mask_storeu_ps(ci.add(16), m1, r1);
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize>(
-    _kc: usize,
-    _a: *const f32,
-    _rsa: isize,
-    _csa: isize,
-    _b: *const f32,
-    _c: *mut f32,
-    _ldc: usize,
-    _mr: usize,
-    _nr: usize,
-    _alpha: f32,
-    _beta: f32,
-) {
-    unreachable!("sgemm::available() is false off x86-64")
 }
 
 #[cfg(test)]
