@@ -224,7 +224,6 @@ mod tests {
 
     #[test]
     fn mse_grad_matches_the_scalar_form_bit_for_bit() {
-        use crate::activation::Activation;
         let len = 1003; // 125 groups of eight and a remainder of three
         let pred: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
         let target: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos() * 0.5).collect();

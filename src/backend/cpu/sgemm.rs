@@ -19,7 +19,6 @@
 
 use super::pool;
 use std::cell::RefCell;
-use std::sync::OnceLock;
 
 /// Rows of a micro-tile (one broadcast of A each per k).
 const MR: usize = 12;
@@ -50,10 +49,9 @@ fn packs_a(o: &Operands) -> bool {
     o.rsa == 1 && o.csa != 1 && o.n.min(NC) >= PACK_A_MIN_PANELS * NR
 }
 
-/// Whether this CPU runs the AVX-512 kernel (checked once).
+/// Whether this CPU runs the AVX-512 kernel (std caches the CPUID answer).
 pub fn available() -> bool {
-    static AVX512: OnceLock<bool> = OnceLock::new();
-    *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// Raw operands of one GEMM, shared by the threads that compute parts of it.
