@@ -162,33 +162,47 @@ fn bench_train(c: &mut Criterion) {
     let mut group = c.benchmark_group("gpu_train_epoch");
     group.sample_size(10);
     for w in Workload::builtin() {
-        let spec = w.spec().unwrap();
-        let backend = CudaBackend::new(0).expect("CUDA backend");
-        let mut net = Network::new(
-            backend,
-            &spec,
-            &spec.glorot_init(0),
-            w.batch_size,
-            Some(w.optimizer),
-        )
-        .unwrap();
-        net.set_data(&synthetic_data(w.rows, w.widths[0], 7), w.rows)
+        // Kernel by kernel, then with the steps recorded as CUDA graphs and replayed.
+        for graphs in [false, true] {
+            let spec = w.spec().unwrap();
+            let backend = CudaBackend::new(0).expect("CUDA backend");
+            let mut net = Network::new(
+                backend,
+                &spec,
+                &spec.glorot_init(0),
+                w.batch_size,
+                Some(w.optimizer),
+            )
             .unwrap();
-        let order: Vec<u32> = (0..w.rows as u32).collect();
-        net.train_epoch(&order, w.batch_size).unwrap(); // warm-up
-        group.throughput(Throughput::Elements(w.rows as u64));
-        group.bench_function(&w.name, |bench| {
-            bench.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let t0 = Instant::now();
-                    // train_epoch downloads the per-step losses, which waits for the stream.
-                    net.train_epoch(&order, w.batch_size).unwrap();
-                    total += t0.elapsed();
-                }
-                total
-            })
-        });
+            assert_eq!(net.set_graphs(graphs), graphs);
+            net.set_data(&synthetic_data(w.rows, w.widths[0], 7), w.rows)
+                .unwrap();
+            let order: Vec<u32> = (0..w.rows as u32).collect();
+            net.train_epoch(&order, w.batch_size).unwrap(); // warm-up (records the graphs)
+            assert!(
+                net.graph_failures().is_empty(),
+                "{:?}",
+                net.graph_failures()
+            );
+            group.throughput(Throughput::Elements(w.rows as u64));
+            let name = if graphs {
+                format!("{}/graphs", w.name)
+            } else {
+                w.name.clone()
+            };
+            group.bench_function(&name, |bench| {
+                bench.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t0 = Instant::now();
+                        // train_epoch downloads the per-step losses, which waits for the stream.
+                        net.train_epoch(&order, w.batch_size).unwrap();
+                        total += t0.elapsed();
+                    }
+                    total
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -16,18 +16,21 @@ extern "C" __global__ void sgd_step(float* __restrict__ w, const float* __restri
     }
 }
 
-// Adam's per-step values, passed by value; the layout of `AdamConfig` in src/backend/cuda.rs (#[repr(C)]).
-// alpha = lr·sqrt(1 - beta2^t)/(1 - beta1^t) is computed on the host.
+// Adam's constants, passed by value; the layout of `AdamConfig` in src/backend/cuda.rs (#[repr(C)]).
 struct AdamConfig {
-    float alpha;
     float beta1;
     float beta2;
     float epsilon;
 };
 
-// w, g, m, v are (n): m += (g - m)(1 - beta1); v += (g² - v)(1 - beta2); w = w - (m·alpha)/(sqrt(v) + eps).
+// w, g, m, v are (n), alpha is (1): m += (g - m)(1 - beta1); v += (g² - v)(1 - beta2);
+// w = w - (m·alpha)/(sqrt(v) + eps). alpha = lr·sqrt(1 - beta2^t)/(1 - beta1^t), the one value that changes
+// from step to step, is computed on the host and read from device memory, so that the launch itself is the
+// same at every step and a captured CUDA graph can replay it.
 extern "C" __global__ void adam_step(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ m,
-                                     float* __restrict__ v, unsigned long long n, AdamConfig cfg) {
+                                     float* __restrict__ v, unsigned long long n, const float* __restrict__ alpha_at,
+                                     AdamConfig cfg) {
+    const float alpha = *alpha_at;
     const float one_minus_b1 = 1.0f - cfg.beta1;
     const float one_minus_b2 = 1.0f - cfg.beta2;
     GRID_STRIDE_LOOP(i, n) {
@@ -37,6 +40,6 @@ extern "C" __global__ void adam_step(float* __restrict__ w, const float* __restr
         m[i] = mi;
         v[i] = vi;
         // sqrtf and '/' are IEEE round-to-nearest without --use_fast_math (nvcc's -prec-sqrt/-prec-div default).
-        w[i] = w[i] - __fmul_rn(mi, cfg.alpha) / (sqrtf(vi) + cfg.epsilon);
+        w[i] = w[i] - __fmul_rn(mi, alpha) / (sqrtf(vi) + cfg.epsilon);
     }
 }

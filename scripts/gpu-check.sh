@@ -11,8 +11,9 @@
 #
 # Steps, most important first: nvidia-smi, nvcc --version, tiedae info; every test executable with
 # TIEDAE_REQUIRE_GPU=1 and TIEDAE_REQUIRE_KERNELS=1 (so a missing GPU fails instead of skipping);
-# compute-sanitizer memcheck, racecheck, synccheck and initcheck on a one-epoch training run; a CPU-vs-GPU
-# comparison (same seed) through `tiedae eval --json`; `tiedae bench --json --device all`, the same GPU bench
+# compute-sanitizer memcheck, racecheck, synccheck and initcheck on a one-epoch training run (memcheck also
+# with --cuda-graphs); a CPU-vs-GPU comparison (same seed) through `tiedae eval --json`, and kernel by kernel
+# against --cuda-graphs (the same bits); `tiedae bench --json --device all`, the same GPU bench
 # with the previous session's kernels (TIEDAE_CUDA_GEMM=64 TIEDAE_CUDA_FUSE=0: the before of this one's
 # GEMM work), our GEMM plans against cuBLAS (benches/gpu_gemm), bench/torch_reference.py on the same GPU;
 # last, memcheck and racecheck on the gpu_kernels tests (slow under the sanitizer).
@@ -140,6 +141,11 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     step "sanitizer-$tool-train" 300 compute-sanitizer --tool "$tool" --error-exitcode 1 \
       "$bundle/tiedae" "${train_args[@]}" --out "$logdir/sanitizer-$tool.safetensors"
   done
+  # The same run with its steps recorded as CUDA graphs and replayed (--cuda-graphs; 3 epochs, so that most
+  # steps are replays).
+  step sanitizer-memcheck-train-graphs 300 compute-sanitizer --tool memcheck --error-exitcode 1 \
+    "$bundle/tiedae" train --data data/digits.csv --ignore-columns digit --layers 32,8 --epochs 3 --device cuda --cuda-graphs \
+    --out "$logdir/sanitizer-memcheck-graphs.safetensors"
 else
   note compute-sanitizer FAIL 0 "compute-sanitizer not found (it comes with the CUDA toolkit)"
   failures=$((failures + 1))
@@ -149,12 +155,16 @@ fi
 compare_args=(train --data data/digits.csv --ignore-columns digit --layers 32,8 --epochs 3 --seed 7)
 step train-cpu 300 "$bundle/tiedae" "${compare_args[@]}" --device cpu --out "$logdir/m-cpu.safetensors"
 step train-cuda 300 "$bundle/tiedae" "${compare_args[@]}" --device cuda --out "$logdir/m-cuda.safetensors"
+step train-cuda-graphs 300 "$bundle/tiedae" "${compare_args[@]}" --device cuda --cuda-graphs \
+  --out "$logdir/m-cuda-graphs.safetensors"
 step eval-cpu-model-on-cpu 120 "$bundle/tiedae" eval --json --model "$logdir/m-cpu.safetensors" \
   --data data/digits.csv --device cpu
 step eval-cuda-model-on-cuda 120 "$bundle/tiedae" eval --json --model "$logdir/m-cuda.safetensors" \
   --data data/digits.csv --device cuda
 step eval-cuda-model-on-cpu 120 "$bundle/tiedae" eval --json --model "$logdir/m-cuda.safetensors" \
   --data data/digits.csv --device cpu
+step eval-cuda-graphs-model-on-cuda 120 "$bundle/tiedae" eval --json \
+  --model "$logdir/m-cuda-graphs.safetensors" --data data/digits.csv --device cuda
 
 # The "mse" of an eval log's JSON line.
 mse_of() {
@@ -181,6 +191,23 @@ compare() {
 compare "compare-forward-cpu-vs-cuda" "$(mse_of eval-cuda-model-on-cuda)" "$(mse_of eval-cuda-model-on-cpu)" 1e-4
 # Training with the same seed on both: float rounding drifts a little over 3 epochs, no more.
 compare "compare-training-cpu-vs-cuda" "$(mse_of eval-cpu-model-on-cpu)" "$(mse_of eval-cuda-model-on-cuda)" 1e-2
+# Replayed graphs run the same kernels on the same data in the same order: the same bits, so the same mse.
+compare "compare-graphs-vs-launches" "$(mse_of eval-cuda-graphs-model-on-cuda)" "$(mse_of eval-cuda-model-on-cuda)" 0
+if [ -f "$logdir/m-cuda.safetensors" ] && [ -f "$logdir/m-cuda-graphs.safetensors" ]; then
+  # The weights themselves (the files also hold the device's name and timings, so compare the tensors' bytes).
+  step compare-graphs-weights 60 python3 -c '
+import sys, json, struct
+def tensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    head = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]
+            for k, v in head.items() if k != "__metadata__"}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+bad = [k for k in a if a[k] != b.get(k)]
+print("tensors:", sorted(a), "differ:", bad)
+sys.exit(1 if bad or a.keys() != b.keys() else 0)' "$logdir/m-cuda.safetensors" "$logdir/m-cuda-graphs.safetensors"
+fi
 
 # --- benchmarks -----------------------------------------------------------------------------------------------
 # tiedae on every device (CPU and GPU, the same run), PyTorch on the same GPU, our GEMM against cuBLAS.

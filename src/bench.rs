@@ -178,6 +178,8 @@ pub struct Measurement {
     pub epoch_seconds: Vec<f64>,
     /// The mean loss of the last timed epoch (a sanity check: it must be finite and falling).
     pub final_loss: f64,
+    /// With CUDA graphs: why recordings failed (their steps then ran kernel by kernel); empty otherwise.
+    pub graph_failures: Vec<String>,
 }
 
 impl Measurement {
@@ -217,18 +219,26 @@ pub fn synthetic_data(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     (0..rows * cols).map(|_| rng.random::<f32>()).collect()
 }
 
-/// Trains `w` on `backend`: one warm-up epoch, then timed epochs (see the module doc).
+/// Trains `w` on `backend`: one warm-up epoch (it records the graphs when `graphs` is on), then timed epochs
+/// (see the module doc).
 pub fn measure_workload<B: Backend>(
     backend: B,
     device: &'static str,
+    graphs: bool,
     w: &Workload,
     min_seconds: f64,
     min_epochs: usize,
 ) -> Result<Measurement> {
-    let device_name = backend.name();
+    let mut device_name = backend.name();
     let spec = w.spec()?;
     let params = spec.glorot_init(42);
     let mut net = Network::new(backend, &spec, &params, w.batch_size, Some(w.optimizer))?;
+    if graphs {
+        if !net.set_graphs(true) {
+            return Err(Error::Device(format!("{device_name} cannot record graphs")));
+        }
+        device_name.push_str(", graphs");
+    }
     let data = synthetic_data(w.rows, w.widths[0], 7);
     net.set_data(&data, w.rows)?;
     drop(data);
@@ -249,6 +259,7 @@ pub fn measure_workload<B: Backend>(
         device_name,
         epoch_seconds,
         final_loss,
+        graph_failures: net.graph_failures().to_vec(),
     })
 }
 
@@ -678,12 +689,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     let mut results: Vec<Measurement> = Vec::new();
+    // A GPU runs each workload twice: kernel by kernel ("cuda"), and with its steps recorded as CUDA graphs
+    // and replayed ("cuda-graphs").
+    let runs: Vec<(Device, &'static str, bool)> = devices
+        .iter()
+        .flat_map(|&d| match d {
+            Device::Cuda(_) => vec![(d, "cuda", false), (d, "cuda-graphs", true)],
+            _ => vec![(d, device_label(d), false)],
+        })
+        .collect();
     for w in &workloads {
-        for &d in &devices {
-            let label = device_label(d);
+        for &(d, label, graphs) in &runs {
             let m = crate::with_backend!(d, |backend| measure_workload(
                 backend,
                 label,
+                graphs,
                 w,
                 args.min_seconds,
                 args.min_epochs
@@ -703,6 +723,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     "flops_per_sample": w.flops_per_sample(),
                     "epochs_timed": m.epoch_seconds.len(),
                     "final_loss": m.final_loss,
+                    "graph_failures": m.graph_failures,
                     "machine": cpu_model,
                     "cores": cores,
                     "date": date,
@@ -741,15 +762,24 @@ fn print_table(results: &[Measurement], machine_line: &str, date: &str) {
             m.epoch_seconds.len()
         );
     }
-    for m in results.iter().filter(|m| m.device == "cuda") {
+    for m in results.iter().filter(|m| m.device.starts_with("cuda")) {
         if let Some(cpu) = results
             .iter()
             .find(|c| c.device == "cpu" && c.workload == m.workload)
         {
             println!(
-                "GPU/CPU speedup, {}: {:.2}×",
+                "GPU/CPU speedup, {} ({}): {:.2}×",
                 m.workload.name,
+                m.device,
                 m.samples_per_s() / cpu.samples_per_s()
+            );
+        }
+        if let Some(first) = m.graph_failures.first() {
+            println!(
+                "{} ({}): {} graph recordings FAILED, those steps ran kernel by kernel; the first: {first}",
+                m.workload.name,
+                m.device,
+                m.graph_failures.len()
             );
         }
     }
@@ -812,6 +842,7 @@ mod tests {
         let m = measure_workload(
             crate::backend::CpuBackend::<f32>::new(),
             "cpu",
+            false,
             &w[0],
             0.0,
             2,

@@ -1,6 +1,6 @@
-//! Optimizers in Keras's exact form (see `AdamStep` in backend/mod.rs for Adam's formulas).
+//! Optimizers in Keras's exact form (see `AdamConfig` in backend/mod.rs for Adam's formulas).
 
-use crate::backend::AdamStep;
+use crate::backend::AdamConfig;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,22 +74,32 @@ impl Optimizer {
     }
 
     /// Adam's values for step t (1-based), computed in f32 as TensorFlow does.
-    pub fn adam_step(&self, t: u64) -> Option<AdamStep> {
+    /// Adam's constants (None for SGD).
+    pub fn adam_config(&self) -> Option<AdamConfig> {
         match *self {
             Optimizer::Adam {
-                lr,
                 beta1,
                 beta2,
                 epsilon,
+                ..
+            } => Some(AdamConfig {
+                beta1,
+                beta2,
+                epsilon,
+            }),
+            Optimizer::Sgd { .. } => None,
+        }
+    }
+
+    /// Adam's step size at step `t` (1-based), `lr·√(1−β2ᵗ)/(1−β1ᵗ)`, in f32 as Keras computes it (None for
+    /// SGD).
+    pub fn adam_alpha(&self, t: u64) -> Option<f32> {
+        match *self {
+            Optimizer::Adam {
+                lr, beta1, beta2, ..
             } => {
                 let t = t as f32;
-                let alpha = lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t));
-                Some(AdamStep {
-                    alpha,
-                    beta1,
-                    beta2,
-                    epsilon,
-                })
+                Some(lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t)))
             }
             Optimizer::Sgd { .. } => None,
         }

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tiedae::activation::Activation;
 use tiedae::backend::cuda::{self, CudaBackend, GemmKernel};
-use tiedae::backend::{AdamStep, Backend, CpuBackend, Gemm, IdxRegion, Region, Trans};
+use tiedae::backend::{AdamConfig, Backend, CpuBackend, Gemm, IdxRegion, Region, Trans};
 
 const PAD: usize = 5;
 
@@ -572,18 +572,19 @@ fn adam_step_matches_cpu_over_several_steps() {
             put(&mut gpu, &zeros),
             put(&mut gpu, &zeros),
         );
+        let s = AdamConfig {
+            beta1,
+            beta2,
+            epsilon,
+        };
         for t in 1..=5i32 {
-            let alpha = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
-            let s = AdamStep {
-                alpha,
-                beta1,
-                beta2,
-                epsilon,
-            };
+            // alpha is read from device memory, as Network::optimizer_step passes it.
+            let alpha = [lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))];
+            let (ca, ga) = (put(&mut cpu, &alpha), put(&mut gpu, &alpha));
             let g = values(n as u64 * 3 + t as u64, n, -1.0, 1.0);
             let (cg, gg) = (put(&mut cpu, &g), put(&mut gpu, &g));
-            cpu.adam_step(cw, cg, cm, cv, s).unwrap();
-            gpu.adam_step(gw, gg, gm, gv, s).unwrap();
+            cpu.adam_step(cw, cg, cm, cv, ca, s).unwrap();
+            gpu.adam_step(gw, gg, gm, gv, ga, s).unwrap();
         }
         for (name, c, g) in [("w", cw, gw), ("m", cm, gm), ("v", cv, gv)] {
             let want = take(&mut cpu, c, "cpu adam");

@@ -115,14 +115,14 @@ fn digits_relu_momentum_gpu_matches_cpu() {
 
 /// Bytes a training model takes, by the formula: P parameters (one kernel per tied layer), the gradient (P),
 /// the optimizer state (1 or 2 × P), the batch activations and their gradients, the data set and its order,
-/// and one loss slot per step.
+/// and one loss slot and one Adam alpha slot per step.
 fn formula_bytes(spec: &ModelSpec, optimizer: &Optimizer, batch: usize, rows: usize) -> usize {
     let w = &spec.widths;
     let p: usize = w.windows(2).map(|l| l[0] * l[1] + l[0] + l[1]).sum();
     let activations: usize =
         batch * (w[0] + w.windows(2).map(|l| 2 * (l[0] + l[1])).sum::<usize>());
     let floats =
-        p * (2 + optimizer.state_buffers()) + activations + rows * w[0] + rows.div_ceil(batch);
+        p * (2 + optimizer.state_buffers()) + activations + rows * w[0] + 2 * rows.div_ceil(batch);
     4 * floats + 4 * rows
 }
 

@@ -6,7 +6,7 @@
 //! rule that outputs never overlap inputs makes this sound.
 
 use super::{
-    AdamStep, Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region, Trans,
+    AdamConfig, Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region, Trans,
 };
 use crate::activation::Activation;
 use crate::error::Result;
@@ -416,8 +416,22 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     // w, g, m, v are (P). Twin of `adam_step` in kernels/optim.cu, in Keras's operation order.
-    fn adam_step(&mut self, w: Region, g: Region, m: Region, v: Region, s: AdamStep) -> Result<()> {
-        let alpha = T::from_f32(s.alpha);
+    fn adam_step(
+        &mut self,
+        w: Region,
+        g: Region,
+        m: Region,
+        v: Region,
+        alpha: Region,
+        s: AdamConfig,
+    ) -> Result<()> {
+        assert_eq!(alpha.len, 1, "adam_step: alpha is one value");
+        let alpha_buf = alpha.buf;
+        assert!(
+            [w.buf, g.buf, m.buf, v.buf].iter().all(|&b| b != alpha_buf),
+            "adam_step: alpha shares a buffer with w, g, m or v"
+        );
+        let alpha = self.bufs[alpha.buf.0][alpha.offset];
         let one_minus_b1 = T::one() - T::from_f32(s.beta1);
         let one_minus_b2 = T::one() - T::from_f32(s.beta2);
         let eps = T::from_f32(s.epsilon);
@@ -442,7 +456,7 @@ impl<T: Real> Backend for CpuBackend<T> {
                 if let (Some(w), Some(g), Some(ms), Some(vs)) =
                     (as_f32_mut(w), as_f32(g), as_f32_mut(ms), as_f32_mut(vs))
                 {
-                    return fast_math::adam(w, g, ms, vs, s);
+                    return fast_math::adam(w, g, ms, vs, alpha.to_f32(), s);
                 }
                 for (((w, &g), m), v) in w.iter_mut().zip(g).zip(ms).zip(vs) {
                     *m += (g - *m) * one_minus_b1;

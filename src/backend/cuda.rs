@@ -19,12 +19,14 @@ use std::sync::Arc;
 use cudarc::driver::result::{self as cu, DriverError};
 use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
-use super::{AdamStep, Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Region, Trans};
+use super::{
+    AdamConfig, Backend, BufId, Gemm, GraphId, HalfFormat, HalfId, IdxId, IdxRegion, Region, Trans,
+};
 use crate::activation::Activation;
 use crate::error::{Error, Result};
 
@@ -216,18 +218,18 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
     (0..device_count()?).map(device_info).collect()
 }
 
-/// Adam's per-step values as the kernel receives them: the layout of `struct AdamConfig` in optim.cu.
+/// Adam's constants as the kernel receives them: the layout of `struct AdamConfig` in optim.cu.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-struct AdamConfig {
-    alpha: f32,
+struct KernelAdamConfig {
     beta1: f32,
     beta2: f32,
     epsilon: f32,
 }
 
-// SAFETY: four f32 in C layout, the same size (16), alignment (4) and field order as `AdamConfig` in optim.cu.
-unsafe impl DeviceRepr for AdamConfig {}
+// SAFETY: three f32 in C layout, the same size (12), alignment (4) and field order as `AdamConfig` in
+// optim.cu.
+unsafe impl DeviceRepr for KernelAdamConfig {}
 
 /// Every kernel entry point, looked up once.
 struct Kernels {
@@ -351,6 +353,10 @@ pub struct CudaBackend {
     /// The partial sums of split-K products, grown to the largest one run so far (stream order makes
     /// reusing it safe); counted in `bytes` once allocated.
     gemm_partials: Option<CudaSlice<f32>>,
+    /// Recorded graphs (`Backend::begin_capture`), indexed by `GraphId`.
+    graphs: Vec<CudaGraph>,
+    /// Whether the stream is recording: an op that would allocate, copy or wait fails instead.
+    capturing: bool,
 }
 
 /// Which kernel of kernels/gemm.cu runs a product (see gemm.cu). `Tile64` and `Large` compute the same C;
@@ -541,6 +547,8 @@ impl CudaBackend {
             gemm_kernel: GemmKernel::from_env()?,
             fuse_epilogue: std::env::var("TIEDAE_CUDA_FUSE").as_deref() != Ok("0"),
             gemm_partials: None,
+            graphs: Vec::new(),
+            capturing: false,
         })
     }
 
@@ -712,6 +720,7 @@ impl CudaBackend {
         len: usize,
         what: &str,
     ) -> Result<CudaSlice<T>> {
+        self.refuse_while_capturing(&format!("allocating {len} {what}"))?;
         let buf = self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| {
             device_error(&format!("allocating {len} {what} on {}", self.info.name), e)
         })?;
@@ -766,8 +775,22 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// Fails while the stream records a graph: `what` (an allocation, a copy from or to the host, a wait)
+    /// would not be recorded as an op of the graph but done once, now, or would break the recording.
+    fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        if self.capturing {
+            return Err(Error::Device(format!(
+                "{what} is not possible while a CUDA graph is being recorded"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        self.abort_capture();
         // Let queued kernels finish before the buffers they use are freed. An error here was already
         // reported by the op that caused it, or will never be read.
         let _ = self.stream.synchronize();
@@ -805,6 +828,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload_half(&mut self, dst: HalfId, src: &[u16]) -> Result<()> {
+        self.refuse_while_capturing("a copy from the host")?;
         if src.is_empty() {
             return Ok(());
         }
@@ -863,6 +887,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&mut self, dst: Region, src: &[f32]) -> Result<()> {
+        self.refuse_while_capturing("a copy from the host")?;
         assert_eq!(src.len(), dst.len, "upload length");
         if dst.len == 0 {
             return Ok(());
@@ -879,6 +904,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload_indices(&mut self, dst: IdxId, offset: usize, src: &[u32]) -> Result<()> {
+        self.refuse_while_capturing("a copy from the host")?;
         if src.is_empty() {
             return Ok(());
         }
@@ -896,6 +922,7 @@ impl Backend for CudaBackend {
 
     fn download(&mut self, src: Region, dst: &mut [f32]) -> Result<()> {
         assert_eq!(src.len, dst.len(), "download length");
+        self.refuse_while_capturing("a copy to the host")?;
         if src.len > 0 {
             let buf = &self.bufs[src.buf.0];
             assert!(
@@ -1137,13 +1164,23 @@ impl Backend for CudaBackend {
     }
 
     // w, g, m, v are (P); Keras's Adam in Keras's operation order. Twin of `adam_step` in cpu.rs.
-    fn adam_step(&mut self, w: Region, g: Region, m: Region, v: Region, s: AdamStep) -> Result<()> {
+    fn adam_step(
+        &mut self,
+        w: Region,
+        g: Region,
+        m: Region,
+        v: Region,
+        alpha: Region,
+        s: AdamConfig,
+    ) -> Result<()> {
         assert!(
             g.len == w.len && m.len == w.len && v.len == w.len,
             "adam_step sizes"
         );
+        assert_eq!(alpha.len, 1, "adam_step: alpha is one value");
         for out in [w, m, v] {
             assert_disjoint("adam_step", out, g);
+            assert_disjoint("adam_step", out, alpha);
         }
         assert_disjoint("adam_step", w, m);
         assert_disjoint("adam_step", w, v);
@@ -1152,9 +1189,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let (p_w, p_g, p_m, p_v) = (self.ptr(w), self.ptr(g), self.ptr(m), self.ptr(v));
+        let p_alpha = self.ptr(alpha);
         let n = w.len as u64;
-        let cfg = AdamConfig {
-            alpha: s.alpha,
+        let cfg = KernelAdamConfig {
             beta1: s.beta1,
             beta2: s.beta2,
             epsilon: s.epsilon,
@@ -1166,10 +1203,11 @@ impl Backend for CudaBackend {
             .arg(&p_m)
             .arg(&p_v)
             .arg(&n)
+            .arg(&p_alpha)
             .arg(&cfg);
-        // SAFETY: adam_step(float* w, const float* g, float* m, float* v, u64 n, AdamConfig cfg); the four
-        // regions hold n floats each (asserted; checked by `ptr`) and do not overlap (asserted); AdamConfig
-        // has the kernel's C layout.
+        // SAFETY: adam_step(float* w, const float* g, float* m, float* v, u64 n, const float* alpha,
+        // AdamConfig cfg); the four regions hold n floats each and alpha one (asserted; checked by `ptr`), the
+        // outputs overlap no input (asserted); KernelAdamConfig has the kernel's C layout.
         unsafe { launch.launch(grid_1d(w.len)) }.map_err(|e| self.launch_error("adam_step", e))?;
         Ok(())
     }
@@ -1285,12 +1323,67 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&mut self) -> Result<()> {
+        self.refuse_while_capturing("waiting for the GPU")?;
         self.stream.synchronize().map_err(|e| {
             device_error(
                 &format!("waiting for {} (a queued kernel failed)", self.info.name),
                 e,
             )
         })
+    }
+
+    fn can_capture(&self) -> bool {
+        true
+    }
+
+    fn begin_capture(&mut self) -> Result<()> {
+        assert!(!self.capturing, "begin_capture while recording");
+        // Thread-local mode: only this thread's calls that cannot be recorded fail (another thread's work on
+        // another context is none of this recording's business).
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| device_error("starting a CUDA graph recording", e))?;
+        self.capturing = true;
+        Ok(())
+    }
+
+    fn end_capture(&mut self) -> Result<GraphId> {
+        assert!(self.capturing, "end_capture without begin_capture");
+        self.capturing = false;
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| device_error("ending a CUDA graph recording", e))?
+            .ok_or_else(|| Error::Device("the CUDA graph recording captured nothing".into()))?;
+        // Uploading now keeps the first replay from paying for it.
+        graph
+            .upload()
+            .map_err(|e| device_error("uploading a CUDA graph", e))?;
+        self.graphs.push(graph);
+        Ok(GraphId(self.graphs.len() - 1))
+    }
+
+    fn abort_capture(&mut self) {
+        if self.capturing {
+            self.capturing = false;
+            // An invalidated recording ends with an error and no graph; a valid one ends with a graph that
+            // is dropped here. Either way the stream is no longer recording.
+            let _ = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        }
+    }
+
+    fn replay(&mut self, graph: GraphId) -> Result<()> {
+        self.refuse_while_capturing("replaying a CUDA graph")?;
+        let g = self
+            .graphs
+            .get(graph.0)
+            .ok_or_else(|| Error::Device(format!("no CUDA graph {}", graph.0)))?;
+        g.launch().map_err(|e| self.launch_error("a CUDA graph", e))
+    }
+
+    fn clear_graphs(&mut self) {
+        // An executable graph still running is freed when it completes (cuGraphExecDestroy).
+        self.graphs.clear();
     }
 }
 

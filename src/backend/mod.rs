@@ -13,7 +13,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::activation::Activation;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use cpu::CpuBackend;
 
@@ -28,6 +28,10 @@ pub struct IdxId(pub usize);
 /// A buffer of 16-bit floats (the bit patterns of f16 or bf16): a data set kept at half the size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HalfId(pub usize);
+
+/// A recorded run of ops that a backend replays with one call (a CUDA graph): see [`Backend::begin_capture`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GraphId(pub usize);
 
 /// The 16-bit float format of a [`HalfId`] buffer. The codes are `gather_rows_half`'s `format` argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -145,11 +149,12 @@ impl Gemm {
     }
 }
 
-/// Adam's per-step values, in Keras's form: `alpha = lr·√(1−β2ᵗ)/(1−β1ᵗ)`,
-/// `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`, `w −= alpha·m/(√v + ε)`.
+/// Adam's constants, in Keras's form: `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`,
+/// `w −= alpha·m/(√v + ε)` with `alpha = lr·√(1−β2ᵗ)/(1−β1ᵗ)` ([`crate::optim::Optimizer::adam_alpha`]).
+/// alpha, the one value that changes from step to step, is not here: [`Backend::adam_step`] reads it from
+/// backend memory, so that a step's ops are the same at every step (a CUDA graph captures them once).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamStep {
-    pub alpha: f32,
+pub struct AdamConfig {
     pub beta1: f32,
     pub beta2: f32,
     pub epsilon: f32,
@@ -336,14 +341,16 @@ pub trait Backend {
     fn col_sum(&mut self, m: Region, cols: usize, out: Region) -> Result<()>;
     /// Keras SGD over a flat buffer: `v = momentum·v − lr·g; w += v`.
     fn sgd_step(&mut self, w: Region, g: Region, v: Region, lr: f32, momentum: f32) -> Result<()>;
-    /// Keras Adam over a flat buffer; see [`AdamStep`].
+    /// Keras Adam over a flat buffer; see [`AdamConfig`]. `alpha` is (1): this step's alpha, in a buffer
+    /// other than the other four's.
     fn adam_step(
         &mut self,
         w: Region,
         g: Region,
         m: Region,
         v: Region,
-        step: AdamStep,
+        alpha: Region,
+        cfg: AdamConfig,
     ) -> Result<()>;
 
     // The ops of the PCA-principle constraints (`train/constraints.rs`); their matrix products go through
@@ -368,4 +375,42 @@ pub trait Backend {
 
     /// Waits until every queued op has finished (a no-op on the CPU).
     fn synchronize(&mut self) -> Result<()>;
+
+    // Graphs: the ops of several training steps recorded once and then replayed with one call each time (a
+    // CUDA graph: one launch instead of one per kernel, which is most of a small model's step). Every value
+    // that changes from step to step must then live in backend memory (Adam's alpha: `adam_step`). A backend
+    // without graphs (the CPU, where an op costs no launch) keeps these defaults and its caller runs the ops
+    // one by one.
+
+    /// Whether this backend can record graphs.
+    fn can_capture(&self) -> bool {
+        false
+    }
+    /// From here to `end_capture`, ops are recorded, not run. An op that cannot be recorded (one that would
+    /// allocate, copy from the host or wait) fails; the caller then calls `abort_capture`.
+    fn begin_capture(&mut self) -> Result<()> {
+        Err(Error::Device(format!(
+            "{} cannot record graphs",
+            self.name()
+        )))
+    }
+    /// Ends a recording and keeps it for `replay`.
+    fn end_capture(&mut self) -> Result<GraphId> {
+        Err(Error::Device(format!(
+            "{} cannot record graphs",
+            self.name()
+        )))
+    }
+    /// Ends a recording that failed and discards it (nothing of it ran).
+    fn abort_capture(&mut self) {}
+    /// Queues a recorded graph: its ops run as if called again, in the same order, on the same regions.
+    fn replay(&mut self, graph: GraphId) -> Result<()> {
+        Err(Error::Device(format!(
+            "{} has no graph {}",
+            self.name(),
+            graph.0
+        )))
+    }
+    /// Frees every recorded graph (their ids become invalid).
+    fn clear_graphs(&mut self) {}
 }

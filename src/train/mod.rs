@@ -11,7 +11,7 @@
 
 use crate::activation::Activation;
 use crate::backend::{
-    Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region, Trans,
+    Backend, BufId, Gemm, GraphId, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region, Trans,
 };
 use crate::error::{Error, Result};
 use crate::model::{LayerSlots, ModelSpec};
@@ -21,7 +21,12 @@ mod constraints;
 mod fit;
 pub use constraints::Constraints;
 pub use fit::{epoch_order, FitEnd, FitOptions, FitOutcome, FitState, OptimizerState};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Steps recorded in one graph when graphs are on (`Network::set_graphs`): a run stops (Ctrl-C) at most this
+/// many steps late, and an epoch of a digits-sized model is a handful of replays.
+pub const GRAPH_STEPS: usize = 32;
 
 /// When a run should stop before its epochs are done: a flag set from a signal handler (Ctrl-C), or a
 /// global step count (tests use it to interrupt a run at an exact step).
@@ -139,6 +144,9 @@ struct DeviceData {
     order: IdxId,
     /// One slot per step of an epoch, read back once per epoch.
     step_losses: Region,
+    /// One slot per step of an epoch: Adam's alpha for that step, uploaded once per `train_steps` (a
+    /// recorded step reads its own slot, whatever t is when it is replayed).
+    step_alphas: Region,
 }
 
 /// Everything a model needs on a backend: parameters, gradients, optimizer state and the activations of one
@@ -170,6 +178,16 @@ pub struct Network<B: Backend> {
     constraints: Constraints,
     /// Scratch buffers of the constraints, allocated on first use (see constraints.rs).
     constraint_buffers: Option<constraints::Buffers>,
+    /// Whether training steps are recorded as graphs and replayed (`set_graphs`).
+    graphs_on: bool,
+    /// Recorded runs of steps, by (batch size, first step of the epoch): each runs steps first..first +
+    /// GRAPH_STEPS (or to the epoch's end) on the training set as it is now.
+    step_graphs: HashMap<(usize, usize), GraphId>,
+    /// Why recordings failed (their steps then ran one op at a time), oldest first.
+    graph_failures: Vec<String>,
+    /// Failed recordings by the key of `step_graphs`: a run whose recording failed twice is not tried again
+    /// (the first failure may be a scratch buffer that had to grow, which the steps run instead then did).
+    failed_recordings: HashMap<(usize, usize), u32>,
 }
 
 fn alloc<B: Backend>(backend: &mut B, len: usize) -> Result<Region> {
@@ -237,6 +255,10 @@ impl<B: Backend> Network<B> {
             validation: None,
             constraints: Constraints::default(),
             constraint_buffers: None,
+            graphs_on: false,
+            step_graphs: HashMap::new(),
+            graph_failures: Vec::new(),
+            failed_recordings: HashMap::new(),
         })
     }
 
@@ -253,6 +275,8 @@ impl<B: Backend> Network<B> {
     /// [`Network::set_data`], stored as `dtype` on the backend. Fails (naming `--data-dtype`, the row and
     /// the column) when a value does not fit a 16-bit format.
     pub fn set_data_as(&mut self, values: &[f32], rows: usize, dtype: DataType) -> Result<()> {
+        // Recorded steps read the old set's buffers.
+        self.forget_graphs();
         self.data = Some(self.upload_data(values, rows, dtype)?);
         Ok(())
     }
@@ -311,11 +335,13 @@ impl<B: Backend> Network<B> {
         self.backend.upload_indices(order, 0, &identity)?;
         let steps = rows.div_ceil(self.max_batch).max(1);
         let step_losses = alloc(&mut self.backend, steps)?;
+        let step_alphas = alloc(&mut self.backend, steps)?;
         Ok(DeviceData {
             values: values_on_device,
             rows,
             order,
             step_losses,
+            step_alphas,
         })
     }
 
@@ -514,7 +540,8 @@ impl<B: Backend> Network<B> {
         Ok(())
     }
 
-    fn optimizer_step(&mut self) -> Result<()> {
+    /// The update after a backward pass; `alpha` holds Adam's alpha for this step (unused by SGD).
+    fn optimizer_step(&mut self, alpha: Region) -> Result<()> {
         let opt = self.optimizer.expect("training needs an optimizer");
         self.steps_done += 1;
         match opt {
@@ -522,16 +549,14 @@ impl<B: Backend> Network<B> {
                 self.backend
                     .sgd_step(self.params, self.grads, self.opt_state[0], lr, momentum)?
             }
-            Optimizer::Adam { .. } => {
-                let step = opt.adam_step(self.steps_done).expect("adam");
-                self.backend.adam_step(
-                    self.params,
-                    self.grads,
-                    self.opt_state[0],
-                    self.opt_state[1],
-                    step,
-                )?
-            }
+            Optimizer::Adam { .. } => self.backend.adam_step(
+                self.params,
+                self.grads,
+                self.opt_state[0],
+                self.opt_state[1],
+                alpha,
+                opt.adam_config().expect("adam"),
+            )?,
         }
         // --unit-norm: each kernel column back onto the unit sphere after the update.
         self.project_unit_norm()
@@ -539,7 +564,37 @@ impl<B: Backend> Network<B> {
 
     /// Sets the constraints used by the following steps.
     pub fn set_constraints(&mut self, constraints: Constraints) {
+        // Recorded steps ran the old constraints' ops.
+        self.forget_graphs();
         self.constraints = constraints;
+    }
+
+    /// Optimizer steps taken so far (Adam's t).
+    pub fn steps_done(&self) -> u64 {
+        self.steps_done
+    }
+
+    /// Turns graphs on or off for the following training steps: each run of [`GRAPH_STEPS`] steps is
+    /// recorded the first time (its ops queued as usual) and then replayed with one call per epoch,
+    /// computing exactly what the same ops called one by one compute. Returns whether the backend records
+    /// graphs (the CPU does not, and then nothing changes).
+    pub fn set_graphs(&mut self, on: bool) -> bool {
+        self.graphs_on = on && self.backend.can_capture();
+        if !self.graphs_on {
+            self.forget_graphs();
+        }
+        self.graphs_on
+    }
+
+    /// Why recordings failed, oldest first (empty when none did).
+    pub fn graph_failures(&self) -> &[String] {
+        &self.graph_failures
+    }
+
+    fn forget_graphs(&mut self) {
+        self.step_graphs.clear();
+        self.failed_recordings.clear();
+        self.backend.clear_graphs();
     }
 
     /// Computes the loss and the full gradient for rows `order[start .. start + n]` without updating
@@ -581,16 +636,39 @@ impl<B: Backend> Network<B> {
         let steps = rows.div_ceil(batch_size);
         assert!(first_step <= steps, "first step {first_step} of {steps}");
         self.backend.upload_indices(idx, 0, order)?;
+        if let Some(opt) = self.optimizer.filter(|o| o.adam_config().is_some()) {
+            // Adam's alpha of every step still to run in this epoch, in one copy.
+            let alphas: Vec<B::Scalar> = (first_step..steps)
+                .map(|s| {
+                    let t = self.steps_done + 1 + (s - first_step) as u64;
+                    B::Scalar::from_f32(opt.adam_alpha(t).expect("adam"))
+                })
+                .collect();
+            let slots = self.data().step_alphas.sub(first_step, steps - first_step);
+            self.backend.upload(slots, &alphas)?;
+        }
         let mut next = first_step;
         while next < steps {
             if stop.now(self.steps_done) {
                 break;
             }
-            let start = next * batch_size;
-            let n = batch_size.min(rows - start);
-            self.forward(DataSet::Train, start, n)?;
-            self.backward(n, losses.sub(next, 1))?;
-            self.optimizer_step()?;
+            // Whole recorded runs where they start on a boundary, after one step has run one op at a time
+            // (it grows the scratch buffers, which a recording cannot), and end before an exact stop.
+            let end = ((next / GRAPH_STEPS + 1) * GRAPH_STEPS).min(steps);
+            let len = (end - next) as u64;
+            if self.graphs_on
+                && next.is_multiple_of(GRAPH_STEPS)
+                && self.steps_done > 0
+                && stop.at_step.is_none_or(|s| self.steps_done + len <= s)
+            {
+                if let Some(graph) = self.recorded_steps(batch_size, next, end)? {
+                    self.backend.replay(graph)?;
+                    self.steps_done += len;
+                    next = end;
+                    continue;
+                }
+            }
+            self.train_step(batch_size, next)?;
             next += 1;
         }
         let mut step_losses = vec![B::Scalar::zero(); next - first_step];
@@ -615,6 +693,62 @@ impl<B: Backend> Network<B> {
             next_step: next,
             finished: next == steps,
         })
+    }
+
+    /// Step `step` of the epoch whose order was uploaded last: forward, backward, update.
+    fn train_step(&mut self, batch_size: usize, step: usize) -> Result<()> {
+        let (rows, losses, alphas) = {
+            let d = self.data();
+            (d.rows, d.step_losses, d.step_alphas)
+        };
+        let start = step * batch_size;
+        let n = batch_size.min(rows - start);
+        self.forward(DataSet::Train, start, n)?;
+        self.backward(n, losses.sub(step, 1))?;
+        self.optimizer_step(alphas.sub(step, 1))
+    }
+
+    /// The graph of steps `first..end` at this batch size, recorded now if it was not yet. None when the
+    /// recording failed (the reason is kept in `graph_failures`): the caller then runs the steps one op at a
+    /// time. Recording runs nothing, so the steps are still to run either way.
+    fn recorded_steps(
+        &mut self,
+        batch_size: usize,
+        first: usize,
+        end: usize,
+    ) -> Result<Option<GraphId>> {
+        let key = (batch_size, first);
+        if let Some(&graph) = self.step_graphs.get(&key) {
+            return Ok(Some(graph));
+        }
+        if self.failed_recordings.get(&key).is_some_and(|&n| n >= 2) {
+            return Ok(None);
+        }
+        let steps_done = self.steps_done;
+        let recorded = self.backend.begin_capture().and_then(|()| {
+            let steps = (first..end).try_for_each(|s| self.train_step(batch_size, s));
+            match steps {
+                Ok(()) => self.backend.end_capture(),
+                Err(e) => {
+                    self.backend.abort_capture();
+                    Err(e)
+                }
+            }
+        });
+        // The recorded steps did not run.
+        self.steps_done = steps_done;
+        match recorded {
+            Ok(graph) => {
+                self.step_graphs.insert(key, graph);
+                Ok(Some(graph))
+            }
+            Err(e) => {
+                *self.failed_recordings.entry(key).or_default() += 1;
+                self.graph_failures
+                    .push(format!("recording steps {first}..{end}: {e}"));
+                Ok(None)
+            }
+        }
     }
 
     /// Runs the model forward over every row in file order and calls `sink(first_row, n, codes, recon)`

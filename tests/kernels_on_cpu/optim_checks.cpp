@@ -9,7 +9,7 @@
 #include "optim.cu"
 #include "check_util.h"
 
-static_assert(sizeof(AdamConfig) == 16, "AdamConfig of src/backend/cuda.rs: four f32");
+static_assert(sizeof(AdamConfig) == 12, "AdamConfig of src/backend/cuda.rs: three f32");
 
 namespace {
 
@@ -30,11 +30,12 @@ void host_sgd_step(float* w, const float* g, float* v, size_t n, float lr, float
     }
     launch(sgd_step, grid_1d(n, cap), dim3(THREADS), w, g, v, (unsigned long long)n, lr, momentum);
 }
-void host_adam_step(float* w, const float* g, float* m, float* v, size_t n, AdamConfig cfg, size_t cap) {
+void host_adam_step(float* w, const float* g, float* m, float* v, size_t n, const float* alpha, AdamConfig cfg,
+                    size_t cap) {
     if (n == 0) {
         return;
     }
-    launch(adam_step, grid_1d(n, cap), dim3(THREADS), w, g, m, v, (unsigned long long)n, cfg);
+    launch(adam_step, grid_1d(n, cap), dim3(THREADS), w, g, m, v, (unsigned long long)n, alpha, cfg);
 }
 
 // Gradients for one step: mostly [-s, s), and now and then 0, a huge value (whose square overflows to inf)
@@ -83,7 +84,12 @@ void check_adam(size_t n, float lr, float beta1, float beta2, float epsilon, boo
         // Optimizer::adam_step of src/optim.rs (in f32, as TensorFlow); the same value goes to both sides.
         const float t = (float)step;
         const float alpha = lr * std::sqrt(1.0f - std::pow(beta2, t)) / (1.0f - std::pow(beta1, t));
-        host_adam_step(w.data(), g.data(), m.data(), v.data(), n, AdamConfig{alpha, beta1, beta2, epsilon}, cap);
+        // alpha lives in device memory (one float, as Network::optimizer_step's slot of step_alphas).
+        Padded alpha_at(1);
+        alpha_at[0] = alpha;
+        host_adam_step(w.data(), g.data(), m.data(), v.data(), n, alpha_at.data(), AdamConfig{beta1, beta2, epsilon},
+                       cap);
+        check_guards("adam_step alpha", alpha_at);
         // adam_generic of src/backend/cpu/fast_math.rs.
         const float one_minus_b1 = 1.0f - beta1;
         const float one_minus_b2 = 1.0f - beta2;

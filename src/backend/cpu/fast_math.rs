@@ -108,12 +108,18 @@ fn bias_tanh_generic(z: &mut [f32], cols: usize, bias: &[f32]) {
 widest_vectors! {
     /// Keras's Adam over flat f32 buffers, in `CpuBackend::adam_step`'s exact operation order (so the same
     /// bits as its generic loop).
-    adam => adam_generic(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: super::AdamStep)
+    adam => adam_generic(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, s: super::AdamConfig)
 }
 
 #[inline(always)]
-fn adam_generic(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: super::AdamStep) {
-    let alpha = s.alpha;
+fn adam_generic(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    alpha: f32,
+    s: super::AdamConfig,
+) {
     let one_minus_b1 = 1.0 - s.beta1;
     let one_minus_b2 = 1.0 - s.beta2;
     let eps = s.epsilon;
