@@ -185,6 +185,9 @@ pub struct Network<B: Backend> {
     step_graphs: HashMap<(usize, usize), GraphId>,
     /// Why recordings failed (their steps then ran one op at a time), oldest first.
     graph_failures: Vec<String>,
+    /// Whether a step has run op by op since the graphs were last forgotten: it grows the backend's scratch
+    /// buffers to this model's and data set's sizes, which a recording cannot do.
+    warm: bool,
     /// Failed recordings by the key of `step_graphs`: a run whose recording failed twice is not tried again
     /// (the first failure may be a scratch buffer that had to grow, which the steps run instead then did).
     failed_recordings: HashMap<(usize, usize), u32>,
@@ -259,6 +262,7 @@ impl<B: Backend> Network<B> {
             step_graphs: HashMap::new(),
             graph_failures: Vec::new(),
             failed_recordings: HashMap::new(),
+            warm: false,
         })
     }
 
@@ -594,6 +598,7 @@ impl<B: Backend> Network<B> {
     fn forget_graphs(&mut self) {
         self.step_graphs.clear();
         self.failed_recordings.clear();
+        self.warm = false;
         self.backend.clear_graphs();
     }
 
@@ -652,13 +657,13 @@ impl<B: Backend> Network<B> {
             if stop.now(self.steps_done) {
                 break;
             }
-            // Whole recorded runs where they start on a boundary, after one step has run one op at a time
-            // (it grows the scratch buffers, which a recording cannot), and end before an exact stop.
+            // Whole recorded runs where they start on a boundary, after a step has run op by op (`warm`),
+            // and end before an exact stop.
             let end = ((next / GRAPH_STEPS + 1) * GRAPH_STEPS).min(steps);
             let len = (end - next) as u64;
             if self.graphs_on
                 && next.is_multiple_of(GRAPH_STEPS)
-                && self.steps_done > 0
+                && self.warm
                 && stop.at_step.is_none_or(|s| self.steps_done + len <= s)
             {
                 if let Some(graph) = self.recorded_steps(batch_size, next, end)? {
@@ -669,6 +674,7 @@ impl<B: Backend> Network<B> {
                 }
             }
             self.train_step(batch_size, next)?;
+            self.warm = true;
             next += 1;
         }
         let mut step_losses = vec![B::Scalar::zero(); next - first_step];
