@@ -6,7 +6,7 @@ use crate::data::{load_csv, ColumnSelector, Dataset, Normalization};
 use crate::error::{Error, Result};
 use crate::io::ModelFile;
 use crate::model::ModelSpec;
-use crate::train::{EpochReport, Network, TrainConfig};
+use crate::train::{DataType, EpochReport, Network, Placement, TrainConfig};
 use std::path::Path;
 
 /// `--device`.
@@ -140,7 +140,8 @@ pub fn evaluate<B: Backend>(
     let device = backend.name();
     let batch = EVAL_BATCH.min(data.rows.max(1));
     let mut net = Network::new(backend, &model.spec, &model.params, batch, None)?;
-    net.set_data(&data.values, data.rows)?;
+    // A data set larger than the GPU's free memory stays on the host, a batch copied up at a time.
+    net.set_data_placed(&data.values, data.rows, DataType::F32, Placement::Auto)?;
     let mut codes = Vec::with_capacity(if want_codes {
         data.rows * model.spec.code_width()
     } else {

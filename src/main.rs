@@ -15,7 +15,7 @@ use tiedae::io::{self, Checkpoint, ModelFile, RunSettings};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
 use tiedae::train::{
-    epoch_order, DataType, FitEnd, FitOptions, FitState, Network, OptimizerState, Stop,
+    epoch_order, DataType, FitEnd, FitOptions, FitState, Network, OptimizerState, Placement, Stop,
     TrainConfig, GRAPH_STEPS,
 };
 use tiedae::with_backend;
@@ -148,6 +148,10 @@ struct TrainArgs {
     /// Off by default until measured on a GPU; the CPU ignores it.
     #[arg(long)]
     cuda_graphs: bool,
+    /// Where the data set lives: `device`, `host` (each batch gathered on the host and copied to the GPU: for
+    /// a data set larger than the GPU's memory), or `auto` (the device when the set fits in its free memory).
+    #[arg(long, default_value = "auto")]
+    data_on: Placement,
 }
 
 #[derive(Args)]
@@ -587,9 +591,20 @@ fn train(a: TrainArgs) -> Result<()> {
                 "CUDA graphs: each run of {GRAPH_STEPS} steps recorded once, then replayed"
             ));
         }
-        net.set_data_as(&train_values, train_rows, settings.data_dtype)?;
+        let placed =
+            net.set_data_placed(&train_values, train_rows, settings.data_dtype, a.data_on)?;
         if val_rows > 0 {
-            net.set_validation_as(&val_values, val_rows, settings.data_dtype)?;
+            net.set_validation_placed(&val_values, val_rows, settings.data_dtype, a.data_on)?;
+        }
+        if placed == Placement::Host && net.backend.free_memory().is_some() {
+            progress.start(&format!(
+                "the data set stays in host memory{}: each batch is gathered there and copied to the GPU",
+                if a.data_on == Placement::Auto {
+                    " (it does not fit in the GPU's free memory)"
+                } else {
+                    ""
+                }
+            ));
         }
         let opts = FitOptions {
             state: start_state.clone(),

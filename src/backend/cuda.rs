@@ -1336,6 +1336,12 @@ impl Backend for CudaBackend {
         true
     }
 
+    fn free_memory(&self) -> Option<usize> {
+        // cuMemGetInfo reports on the context current on this thread.
+        self.ctx.bind_to_thread().ok()?;
+        cu::mem_get_info().ok().map(|(free, _total)| free)
+    }
+
     fn begin_capture(&mut self) -> Result<()> {
         assert!(!self.capturing, "begin_capture while recording");
         // Thread-local mode: only this thread's calls that cannot be recorded fail (another thread's work on

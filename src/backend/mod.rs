@@ -278,6 +278,11 @@ pub trait Backend {
     fn alloc_indices(&mut self, len: usize) -> Result<IdxId>;
     /// Bytes this backend has allocated for buffers and index buffers so far.
     fn allocated_bytes(&self) -> usize;
+    /// Bytes the device has free now, where memory is scarce (a GPU); None where the host's memory is the
+    /// backend's (the CPU).
+    fn free_memory(&self) -> Option<usize> {
+        None
+    }
     /// Host → backend copy of `src` into `dst` (`src.len() == dst.len`).
     fn upload(&mut self, dst: Region, src: &[Self::Scalar]) -> Result<()>;
     /// Host → backend copy of indices into `dst[offset..offset + src.len()]`.

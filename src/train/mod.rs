@@ -130,23 +130,75 @@ impl std::str::FromStr for DataType {
     }
 }
 
-/// Where a data set's values live.
-#[derive(Debug, Clone, Copy)]
-enum DataValues {
-    F32(Region),
-    Half(HalfId, HalfFormat),
+/// Where a data set lives: on the backend (uploaded once, read by index), or on the host for a data set the
+/// device cannot hold (each batch gathered on the host and copied up: see [`Placement`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// On the device when it fits in the free device memory, else on the host.
+    #[default]
+    Auto,
+    Device,
+    Host,
 }
 
-/// A data set living on the backend: uploaded once, then read by index.
-struct DeviceData {
-    values: DataValues,
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Auto => "auto",
+            Placement::Device => "device",
+            Placement::Host => "host",
+        }
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Placement::Auto),
+            "device" | "gpu" => Ok(Placement::Device),
+            "host" => Ok(Placement::Host),
+            other => Err(format!("'{other}' is not auto, device or host")),
+        }
+    }
+}
+
+/// Device memory left free for what a training run allocates after its data set (the split-K and
+/// constraint scratch, the driver's own needs), beyond which a data set goes to the host.
+const DEVICE_HEADROOM_BYTES: usize = 256 << 20;
+
+/// Where a data set's values live.
+enum DataValues<T> {
+    F32(Region),
+    Half(HalfId, HalfFormat),
+    /// On the host, (rows, d_0) row-major, with the row order of the epoch in progress; a batch is gathered
+    /// here and copied to the backend's input buffer.
+    Host {
+        values: Vec<T>,
+        order: Vec<u32>,
+    },
+}
+
+/// A data set: its values (on the backend or the host) and its per-step slots on the backend.
+struct DeviceData<T> {
+    values: DataValues<T>,
     rows: usize,
-    order: IdxId,
+    /// The epoch's row order on the backend (None for a set kept on the host: its order is there too).
+    order: Option<IdxId>,
     /// One slot per step of an epoch, read back once per epoch.
     step_losses: Region,
     /// One slot per step of an epoch: Adam's alpha for that step, uploaded once per `train_steps` (a
     /// recorded step reads its own slot, whatever t is when it is replayed).
     step_alphas: Region,
+}
+
+impl<T> DeviceData<T> {
+    fn placement(&self) -> Placement {
+        match self.values {
+            DataValues::Host { .. } => Placement::Host,
+            _ => Placement::Device,
+        }
+    }
 }
 
 /// Everything a model needs on a backend: parameters, gradients, optimizer state and the activations of one
@@ -173,8 +225,10 @@ pub struct Network<B: Backend> {
     enc_delta: Vec<Region>,
     /// dec_delta[i]: gradient at decoder layer i's pre-activation, (max_batch, d_i).
     dec_delta: Vec<Region>,
-    data: Option<DeviceData>,
-    validation: Option<DeviceData>,
+    data: Option<DeviceData<B::Scalar>>,
+    validation: Option<DeviceData<B::Scalar>>,
+    /// A batch of a data set kept on the host, gathered before its copy up (reused: no allocation a step).
+    staging: Vec<B::Scalar>,
     constraints: Constraints,
     /// Scratch buffers of the constraints, allocated on first use (see constraints.rs).
     constraint_buffers: Option<constraints::Buffers>,
@@ -258,6 +312,7 @@ impl<B: Backend> Network<B> {
             validation: None,
             constraints: Constraints::default(),
             constraint_buffers: None,
+            staging: Vec::new(),
             graphs_on: false,
             step_graphs: HashMap::new(),
             graph_failures: Vec::new(),
@@ -279,10 +334,27 @@ impl<B: Backend> Network<B> {
     /// [`Network::set_data`], stored as `dtype` on the backend. Fails (naming `--data-dtype`, the row and
     /// the column) when a value does not fit a 16-bit format.
     pub fn set_data_as(&mut self, values: &[f32], rows: usize, dtype: DataType) -> Result<()> {
+        self.set_data_placed(values, rows, dtype, Placement::Device)
+            .map(|_| ())
+    }
+
+    /// [`Network::set_data_as`], kept where `placement` says; returns where it went (`Device` or `Host`).
+    /// On the host, training reads the same rows in the same order (a 16-bit `dtype` rounds them the same
+    /// way), so it computes the same bits; only the copy of each batch is added.
+    pub fn set_data_placed(
+        &mut self,
+        values: &[f32],
+        rows: usize,
+        dtype: DataType,
+        placement: Placement,
+    ) -> Result<Placement> {
         // Recorded steps read the old set's buffers.
         self.forget_graphs();
-        self.data = Some(self.upload_data(values, rows, dtype)?);
-        Ok(())
+        self.data = None;
+        let data = self.place_data(values, rows, dtype, placement)?;
+        let placed = data.placement();
+        self.data = Some(data);
+        Ok(placed)
     }
 
     /// Uploads a validation set, evaluated with [`Network::evaluate_set`].
@@ -297,51 +369,109 @@ impl<B: Backend> Network<B> {
         rows: usize,
         dtype: DataType,
     ) -> Result<()> {
-        self.validation = Some(self.upload_data(values, rows, dtype)?);
-        Ok(())
+        self.set_validation_placed(values, rows, dtype, Placement::Device)
+            .map(|_| ())
     }
 
-    fn upload_data(&mut self, values: &[f32], rows: usize, dtype: DataType) -> Result<DeviceData> {
+    /// [`Network::set_validation_as`], kept where `placement` says (see [`Network::set_data_placed`]).
+    pub fn set_validation_placed(
+        &mut self,
+        values: &[f32],
+        rows: usize,
+        dtype: DataType,
+        placement: Placement,
+    ) -> Result<Placement> {
+        self.validation = None;
+        let data = self.place_data(values, rows, dtype, placement)?;
+        let placed = data.placement();
+        self.validation = Some(data);
+        Ok(placed)
+    }
+
+    /// Where `Auto` puts a data set of `bytes` on this backend: on the device unless the device says it has
+    /// less free memory than the set, its order and the headroom need.
+    fn resolve_placement(&self, placement: Placement, bytes: usize, rows: usize) -> Placement {
+        match placement {
+            Placement::Auto => match self.backend.free_memory() {
+                Some(free) if bytes + 4 * rows + DEVICE_HEADROOM_BYTES > free => Placement::Host,
+                _ => Placement::Device,
+            },
+            p => p,
+        }
+    }
+
+    fn place_data(
+        &mut self,
+        values: &[f32],
+        rows: usize,
+        dtype: DataType,
+        placement: Placement,
+    ) -> Result<DeviceData<B::Scalar>> {
         let cols = self.spec.input_width();
         assert_eq!(values.len(), rows * cols, "data size");
-        let values_on_device = match dtype.half_format() {
-            None => {
+        let half = dtype.half_format();
+        let bytes = values.len() * if half.is_some() { 2 } else { 4 };
+        let placement = self.resolve_placement(placement, bytes, rows);
+        let encode = |format: HalfFormat, i: usize, x: f32| {
+            format.encode(x).ok_or_else(|| {
+                Error::flag(
+                    "--data-dtype",
+                    format!(
+                        "value {x} (row {}, column {} after normalization) does not fit {}; use bf16 or f32, or --normalize",
+                        i / cols + 1,
+                        i % cols + 1,
+                        dtype.as_str()
+                    ),
+                )
+            })
+        };
+        let (values, order) = match (placement, half) {
+            (Placement::Host, _) => {
+                // A 16-bit dtype rounds the values as the device's copy would be rounded.
+                let host = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| match half {
+                        None => Ok(B::Scalar::from_f32(x)),
+                        Some(format) => {
+                            Ok(B::Scalar::from_f32(format.decode(encode(format, i, x)?)))
+                        }
+                    })
+                    .collect::<Result<Vec<B::Scalar>>>()?;
+                let order = (0..rows as u32).collect();
+                (
+                    DataValues::Host {
+                        values: host,
+                        order,
+                    },
+                    None,
+                )
+            }
+            (_, None) => {
                 let region = alloc(&mut self.backend, values.len())?;
                 let host: Vec<B::Scalar> = values.iter().map(|&x| B::Scalar::from_f32(x)).collect();
                 self.backend.upload(region, &host)?;
-                DataValues::F32(region)
+                (DataValues::F32(region), Some(self.identity_order(rows)?))
             }
-            Some(format) => {
+            (_, Some(format)) => {
                 let bits = values
                     .iter()
                     .enumerate()
-                    .map(|(i, &x)| {
-                        format.encode(x).ok_or_else(|| {
-                            Error::flag(
-                                "--data-dtype",
-                                format!(
-                                    "value {x} (row {}, column {} after normalization) does not fit {}; use bf16 or f32, or --normalize",
-                                    i / cols + 1,
-                                    i % cols + 1,
-                                    dtype.as_str()
-                                ),
-                            )
-                        })
-                    })
+                    .map(|(i, &x)| encode(format, i, x))
                     .collect::<Result<Vec<u16>>>()?;
                 let id = self.backend.alloc_half(bits.len())?;
                 self.backend.upload_half(id, &bits)?;
-                DataValues::Half(id, format)
+                (
+                    DataValues::Half(id, format),
+                    Some(self.identity_order(rows)?),
+                )
             }
         };
-        let order = self.backend.alloc_indices(rows)?;
-        let identity: Vec<u32> = (0..rows as u32).collect();
-        self.backend.upload_indices(order, 0, &identity)?;
         let steps = rows.div_ceil(self.max_batch).max(1);
         let step_losses = alloc(&mut self.backend, steps)?;
         let step_alphas = alloc(&mut self.backend, steps)?;
         Ok(DeviceData {
-            values: values_on_device,
+            values,
             rows,
             order,
             step_losses,
@@ -349,11 +479,44 @@ impl<B: Backend> Network<B> {
         })
     }
 
-    fn data(&self) -> &DeviceData {
+    /// A new index buffer of `rows` holding 0, 1, 2, …
+    fn identity_order(&mut self, rows: usize) -> Result<IdxId> {
+        let order = self.backend.alloc_indices(rows)?;
+        let identity: Vec<u32> = (0..rows as u32).collect();
+        self.backend.upload_indices(order, 0, &identity)?;
+        Ok(order)
+    }
+
+    /// Sets the row order of `which` for the following batches: on the backend, or on the host for a set
+    /// kept there.
+    fn set_order(&mut self, which: DataSet, order: &[u32]) -> Result<()> {
+        let d = match which {
+            DataSet::Train => self.data.as_mut(),
+            DataSet::Validation => self.validation.as_mut(),
+        }
+        .expect("the data set was set");
+        assert_eq!(order.len(), d.rows);
+        match (&mut d.values, d.order) {
+            (DataValues::Host { order: host, .. }, _) => {
+                host.clear();
+                host.extend_from_slice(order);
+                Ok(())
+            }
+            (_, Some(idx)) => self.backend.upload_indices(idx, 0, order),
+            (_, None) => unreachable!("a set on the backend has an order buffer"),
+        }
+    }
+
+    /// Where the training set is (`Device` or `Host`; None before `set_data`).
+    pub fn data_placement(&self) -> Option<Placement> {
+        self.data.as_ref().map(|d| d.placement())
+    }
+
+    fn data(&self) -> &DeviceData<B::Scalar> {
         self.dataset(DataSet::Train)
     }
 
-    fn dataset(&self, which: DataSet) -> &DeviceData {
+    fn dataset(&self, which: DataSet) -> &DeviceData<B::Scalar> {
         match which {
             DataSet::Train => self.data.as_ref().expect("set_data must come first"),
             DataSet::Validation => self
@@ -395,23 +558,38 @@ impl<B: Backend> Network<B> {
 
     /// Forward pass of rows `order[start .. start + n]` of the data set: fills `input`, `enc_out`, `dec_out`.
     fn forward(&mut self, which: DataSet, start: usize, n: usize) -> Result<()> {
-        let (values, order) = {
-            let d = self.dataset(which);
-            (d.values, d.order)
-        };
         let w = self.spec.widths.clone();
         let depth = self.spec.depth();
-        let idx = IdxRegion {
-            buf: order,
+        let x = self.input.prefix(n * w[0]);
+        let d = match which {
+            DataSet::Train => self.data.as_ref(),
+            DataSet::Validation => self.validation.as_ref(),
+        }
+        .expect("the data set was set");
+        let idx = |buf: IdxId| IdxRegion {
+            buf,
             offset: start,
             len: n,
         };
-        let x = self.input.prefix(n * w[0]);
-        match values {
-            DataValues::F32(values) => self.backend.gather_rows(values, w[0], idx, x)?,
-            DataValues::Half(values, format) => self
-                .backend
-                .gather_rows_half(values, format, w[0], idx, x)?,
+        match (&d.values, d.order) {
+            (&DataValues::F32(values), Some(order)) => {
+                self.backend.gather_rows(values, w[0], idx(order), x)?
+            }
+            (&DataValues::Half(values, format), Some(order)) => {
+                self.backend
+                    .gather_rows_half(values, format, w[0], idx(order), x)?
+            }
+            (DataValues::Host { values, order }, _) => {
+                // A set the device cannot hold: the batch is gathered here and copied up in one piece.
+                self.staging.clear();
+                for &r in &order[start..start + n] {
+                    let r = r as usize;
+                    self.staging
+                        .extend_from_slice(&values[r * w[0]..(r + 1) * w[0]]);
+                }
+                self.backend.upload(x, &self.staging)?
+            }
+            (_, None) => unreachable!("a set on the backend has an order buffer"),
         }
         // Encoder: h_{i+1} = f(h_i·W_i + b_i). h_i is (n, d_i), W_i is (d_i, d_{i+1}).
         for i in 0..depth {
@@ -633,14 +811,14 @@ impl<B: Backend> Network<B> {
         stop: Stop<'_>,
     ) -> Result<StepsRun> {
         assert!(batch_size <= self.max_batch && batch_size > 0);
-        let (rows, idx, losses) = {
+        let (rows, losses, on_host) = {
             let d = self.data();
-            (d.rows, d.order, d.step_losses)
+            (d.rows, d.step_losses, d.placement() == Placement::Host)
         };
         assert_eq!(order.len(), rows);
         let steps = rows.div_ceil(batch_size);
         assert!(first_step <= steps, "first step {first_step} of {steps}");
-        self.backend.upload_indices(idx, 0, order)?;
+        self.set_order(DataSet::Train, order)?;
         if let Some(opt) = self.optimizer.filter(|o| o.adam_config().is_some()) {
             // Adam's alpha of every step still to run in this epoch, in one copy.
             let alphas: Vec<B::Scalar> = (first_step..steps)
@@ -658,10 +836,12 @@ impl<B: Backend> Network<B> {
                 break;
             }
             // Whole recorded runs where they start on a boundary, after a step has run op by op (`warm`),
-            // and end before an exact stop.
+            // and end before an exact stop. A set on the host copies each batch up from the host: no graph
+            // can hold that.
             let end = ((next / GRAPH_STEPS + 1) * GRAPH_STEPS).min(steps);
             let len = (end - next) as u64;
             if self.graphs_on
+                && !on_host
                 && next.is_multiple_of(GRAPH_STEPS)
                 && self.warm
                 && stop.at_step.is_none_or(|s| self.steps_done + len <= s)
@@ -776,12 +956,9 @@ impl<B: Backend> Network<B> {
         want_codes: bool,
         want_recon: bool,
     ) -> Result<f64> {
-        let (rows, idx) = {
-            let d = self.dataset(which);
-            (d.rows, d.order)
-        };
+        let rows = self.dataset(which).rows;
         let identity: Vec<u32> = (0..rows as u32).collect();
-        self.backend.upload_indices(idx, 0, &identity)?;
+        self.set_order(which, &identity)?;
         let d0 = self.spec.input_width();
         let dl = self.spec.code_width();
         let depth = self.spec.depth();

@@ -4,6 +4,8 @@
 
 use tiedae::backend::cuda::CudaBackend;
 
+pub mod recorder;
+
 /// True when the environment variable is set to "1".
 pub fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim() == "1")
