@@ -608,6 +608,8 @@ impl CudaBackend {
         let p_partials = if let GemmPlan::SplitK { .. } = plan {
             let need = splits * m * n;
             if self.gemm_partials.as_ref().is_none_or(|p| p.len() < need) {
+                // Before the old scratch is freed: a recording keeps it.
+                self.refuse_while_capturing("growing the split-K scratch")?;
                 if let Some(old) = self.gemm_partials.take() {
                     self.bytes -= old.len() * std::mem::size_of::<f32>();
                 }
