@@ -9,6 +9,10 @@
 #
 #   bench/run-cpu.sh [ROUNDS]            (default 3)
 #   PYTHON=/path/to/venv/bin/python bench/run-cpu.sh
+#   ISA=avx2 bench/run-cpu.sh            every side capped to AVX2 (tiedae TIEDAE_CPU_ISA=avx2, Keras's oneDNN
+#                                        ONEDNN_MAX_CPU_ISA=AVX2, PyTorch ATEN_CPU_CAPABILITY=avx2, OpenBLAS
+#                                        OPENBLAS_CORETYPE=Haswell): what a CPU without AVX-512 (most
+#                                        laptops) gets, measured on one that has it
 #
 # Needs a Python with tensorflow-cpu, numpy and threadpoolctl (e.g. python3 -m venv ~/bench-venv &&
 # ~/bench-venv/bin/pip install tensorflow-cpu numpy threadpoolctl). Writes
@@ -21,6 +25,12 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${1:-3}
 PYTHON=${PYTHON:-python3}
+ISA=${ISA:-}
+case "$ISA" in
+  "") ;;
+  avx2) export TIEDAE_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ;;
+  *) echo "run-cpu.sh: ISA=$ISA is not avx2 (or empty: every side at its widest)" >&2; exit 1 ;;
+esac
 TIEDAE=${TIEDAE:-target/release/tiedae}
 
 if [ "$TIEDAE" = target/release/tiedae ]; then
@@ -36,7 +46,7 @@ model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/([^)]*)//g' 
 machine="${model:-cpu}-$(nproc)c"
 date=$(date -u +%F)
 mkdir -p bench/results
-stem="bench/results/cpu-$machine-$date"
+stem="bench/results/cpu-$machine-$date${ISA:+-$ISA}"
 # A second run on the same day keeps the first: the new files get the time as well.
 [ -e "$stem.jsonl" ] && stem="$stem-$(date -u +%H%M)"
 out="$stem.jsonl"
@@ -48,6 +58,7 @@ cpu_field() { grep -m1 "^$1[[:space:]]*:" /proc/cpuinfo | cut -d: -f2- | sed 's/
 cache() { lscpu 2>/dev/null | grep -m1 "^$1" | cut -d: -f2- | sed 's/^ *//'; }
 avx512=$(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)
 echo "{\"cpu\": \"family $(cpu_field 'cpu family') model $(cpu_field model), L1d $(cache 'L1d cache'), L2 $(cache 'L2 cache'), L3 $(cache 'L3 cache'), AVX-512 $avx512\"}" >>"$out"
+[ -n "$ISA" ] && echo "{\"isa_cap\": \"$ISA\"}" >>"$out"
 
 tag() { sed "s/^{/{\"round\": $1, /" | grep '^{' | tee -a "$out"; }
 
@@ -62,7 +73,11 @@ for r in $(seq 1 "$ROUNDS"); do
   if "$PYTHON" -c 'import torch' 2>/dev/null; then # optional: PyTorch eager on the CPU, for reference
     "$PYTHON" bench/torch_reference.py --device cpu --variants eager 2>/dev/null | tag "$r"
   fi
-  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PYTHON" bench/numpy_sgemm.py --sizes 1024 | tag "$r"
+  if [ "$ISA" = avx2 ]; then
+    env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=Haswell "$PYTHON" bench/numpy_sgemm.py --sizes 1024 | tag "$r"
+  else
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PYTHON" bench/numpy_sgemm.py --sizes 1024 | tag "$r"
+  fi
   "$TIEDAE" bench --device cpu --gemm 1024 --json | tag "$r"
 done
 

@@ -17,6 +17,7 @@ GEMM_GOAL = 0.60
 def main(path):
     lines = [json.loads(line) for line in open(path) if line.startswith("{")]
     cpu = next((r["cpu"] for r in lines if "cpu" in r), None)
+    isa_cap = next((r["isa_cap"] for r in lines if "isa_cap" in r), None)
     rows = [r for r in lines if "workload" in r]
     by = defaultdict(dict)  # (workload, device) -> round -> row
     for r in rows:
@@ -28,6 +29,9 @@ def main(path):
     print(f"- machine: {first.get('machine', '?')}, {first.get('cores', '?')} cores")
     if cpu:
         print(f"- CPU: {cpu}")
+    if isa_cap:
+        print(f"- every side capped to {isa_cap} (tiedae `TIEDAE_CPU_ISA`, Keras's oneDNN `ONEDNN_MAX_CPU_ISA`, "
+              f"OpenBLAS `OPENBLAS_CORETYPE=Haswell`): what a CPU without AVX-512, as most laptops, gets")
     print(f"- date: {', '.join(dates) or '?'} (UTC)")
     sides = "tiedae, Keras" + (", PyTorch" if any(d == "torch-cpu" for _, d in by) else "") + ", numpy, our GEMM"
     print(f"- rounds: {len(rounds)} ({sides}, interleaved); figures are medians over rounds")

@@ -615,12 +615,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "GEMM C = op(A)·op(B) (f32, row-major), median of timed calls; {machine_line}; {date}"
             );
             println!(
-                "{:<24} {:<34} {:>12} {:>10} {:>6}",
+                "{:<24} {:<44} {:>12} {:>10} {:>6}",
                 "shape", "device", "ms/call", "GFLOP/s", "calls"
             );
             for m in &results {
                 println!(
-                    "{:<24} {:<34} {:>12.3} {:>10.1} {:>6}",
+                    "{:<24} {:<44} {:>12.3} {:>10.1} {:>6}",
                     m.shape.label(),
                     m.device_name,
                     median(&m.call_seconds) * 1e3,
@@ -637,7 +637,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if !args.json {
             println!("the GEMMs of one training step alone, back to back (median step); {machine_line}; {date}");
             println!(
-                "{:<14} {:<34} {:>14} {:>10} {:>9} {:>7}",
+                "{:<14} {:<44} {:>14} {:>10} {:>9} {:>7}",
                 "workload", "device", "samples/s max", "µs/step", "GFLOP/s", "steps"
             );
         }
@@ -675,7 +675,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     println!("{obj}");
                 } else {
                     println!(
-                        "{:<14} {:<34} {:>14.0} {:>10.1} {:>9.1} {:>7}",
+                        "{:<14} {:<44} {:>14.0} {:>10.1} {:>9.1} {:>7}",
                         label,
                         name,
                         w.batch_size as f64 / step_s,
@@ -744,13 +744,13 @@ fn print_table(results: &[Measurement], machine_line: &str, date: &str) {
         "synthetic uniform [0,1) data; one warm-up epoch, then the median of the timed epochs; {machine_line}; {date}"
     );
     println!(
-        "{:<8} {:<12} {:>6} {:>7} {:<30} {:>12} {:>10} {:>9} {:>7}",
+        "{:<8} {:<12} {:>6} {:>7} {:<44} {:>12} {:>10} {:>9} {:>7}",
         "workload", "shape", "batch", "rows", "device", "samples/s", "µs/step", "GFLOP/s", "epochs"
     );
     for m in results {
         let w = &m.workload;
         println!(
-            "{:<8} {:<12} {:>6} {:>7} {:<30} {:>12.0} {:>10.1} {:>9.2} {:>7}",
+            "{:<8} {:<12} {:>6} {:>7} {:<44} {:>12.0} {:>10.1} {:>9.2} {:>7}",
             w.name,
             w.shape(),
             w.batch_size,

@@ -12,6 +12,8 @@ use crate::activation::Activation;
 use crate::error::Result;
 
 mod fast_math;
+#[cfg(target_arch = "x86_64")]
+mod isa;
 mod pool;
 // x86-64 only: elsewhere the f32 GEMM is matrixmultiply's.
 #[cfg(target_arch = "x86_64")]
@@ -62,6 +64,18 @@ pub fn gemm_threads() -> usize {
     })
 }
 
+/// Which GEMM a `CpuBackend<T>` runs: ours with its instruction set, or matrixmultiply's.
+fn gemm_kernel<T: 'static>() -> String {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(isa)) = (
+        std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>(),
+        sgemm::isa(),
+    ) {
+        return format!("{} GEMM", isa.name());
+    }
+    "matrixmultiply GEMM".into()
+}
+
 /// `x` as f32 when T is f32 (the fast paths), else None.
 fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
@@ -81,10 +95,11 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn name(&self) -> String {
         format!(
-            "cpu ({} GEMM thread{}, {})",
+            "cpu ({} GEMM thread{}, {}, {})",
             gemm_threads(),
             if gemm_threads() == 1 { "" } else { "s" },
-            std::any::type_name::<T>()
+            std::any::type_name::<T>(),
+            gemm_kernel::<T>()
         )
     }
 
@@ -222,14 +237,19 @@ impl<T: Real> Backend for CpuBackend<T> {
                 }
                 return;
             }
-            // f32 on an AVX-512 CPU: our packed, multithreaded GEMM (cpu/sgemm.rs); else matrixmultiply.
+            // f32 on an AVX-512 or AVX2 CPU: our packed, multithreaded GEMM (cpu/sgemm.rs); else
+            // matrixmultiply.
             #[cfg(target_arch = "x86_64")]
-            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && sgemm::available() {
+            if let (true, Some(isa)) = (
+                std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>(),
+                sgemm::isa(),
+            ) {
                 // SAFETY: T is f32 (checked just above), so the casts only rename the type; the asserts
                 // above make A, B and C exactly m·k, k·n and m·n elements, the strides describe those
                 // row-major shapes, and C does not alias A or B (different buffers).
                 unsafe {
                     sgemm::sgemm(
+                        isa,
                         gemm_threads(),
                         m,
                         k,

@@ -10,8 +10,8 @@
 use crate::activation::Activation;
 use crate::backend::Real;
 
-/// Defines `pub fn $name` that runs `$generic` compiled for AVX-512 or AVX2 when the CPU has them (checked at
-/// each call: a cached CPUID bit), else as compiled for the baseline. The loops are written once, in
+/// Defines `pub fn $name` that runs `$generic` compiled for AVX-512 or AVX2 when [`super::isa::has`] allows
+/// them (checked at each call: a cached value), else as compiled for the baseline. The loops are written once, in
 /// `$generic` (`#[inline(always)]`), and the compiler vectorizes them for each width.
 macro_rules! widest_vectors {
     ($(#[$doc:meta])* $name:ident => $generic:ident ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
@@ -27,11 +27,11 @@ macro_rules! widest_vectors {
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $generic($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if super::isa::has(super::isa::Isa::Avx512) {
                     // SAFETY: the CPU has AVX-512F (checked just above).
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                if super::isa::has(super::isa::Isa::Avx2) {
                     // SAFETY: the CPU has AVX2 (checked just above).
                     return unsafe { avx2($($arg),*) };
                 }

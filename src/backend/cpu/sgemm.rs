@@ -1,7 +1,9 @@
-//! The CPU backend's f32 GEMM on x86-64 with AVX-512: a 12×32 register-blocked micro-kernel, packed B panels
-//! in buffers reused across calls (no allocation in a training step once warm), and the backend's thread pool
-//! (pool.rs) splitting large products across the cores. The module is compiled on x86-64 only; machines
-//! without AVX-512, and other architectures, keep matrixmultiply.
+//! The CPU backend's f32 GEMM on x86-64: a register-blocked micro-kernel over 12×32 tiles, packed B panels in
+//! buffers reused across calls (no allocation in a training step once warm), and the backend's thread pool
+//! (pool.rs) splitting large products across the cores. Two instruction sets share everything but the
+//! innermost loops ([`Isa`]): AVX-512 (a 12×32 tile in 24 zmm registers) and AVX2 with FMA, the laptops'
+//! (the same 12×32 tile as four 6×16 tiles of 12 ymm registers each, over the same packed panels). The module
+//! is compiled on x86-64 only; CPUs with neither, and other architectures, keep matrixmultiply.
 //!
 //! Layouts: `C = alpha·op(A)·op(B) + beta·C`, op(A) m×k read as `a[i·rsa + p·csa]`, op(B) k×n read as
 //! `b[p·rsb + j·csb]`, C m×n row-major with leading dimension `ldc`. `beta == 0` never reads C.
@@ -17,6 +19,7 @@
 //! moves values, not sums: every element of C is summed in the same order whatever the thread split or
 //! packing, so the result does not depend on the thread count.
 
+pub use super::isa::{isa, Isa};
 use super::pool;
 use std::cell::RefCell;
 
@@ -29,6 +32,9 @@ const NR: usize = 32;
 /// alternations): 256x256x784 NN 1.09-1.12× and 1024³ 1.05-1.10× the speed at KC = 256 (KC = 512: 1.02×,
 /// 1.04×; 192 and 128: 0.90-0.97×); on one thread within ±2%.
 const KC: usize = 1024;
+/// The same for AVX2, whose 6×16 tiles read each half of the B panel twice per 12 rows, with half the
+/// multiply-adds per load of AVX-512's: from L1 (KC·NR·4 = 32 KiB) rather than L2.
+const KC_AVX2: usize = 256;
 /// Rows of a packed A block (MC·KC·4 = 576 KiB, in L2).
 const MC: usize = 144;
 /// Columns of a packed B block (KC·NC·4 = 4 MiB, in L3).
@@ -49,9 +55,12 @@ fn packs_a(o: &Operands) -> bool {
     o.rsa == 1 && o.csa != 1 && o.n.min(NC) >= PACK_A_MIN_PANELS * NR
 }
 
-/// Whether this CPU runs the AVX-512 kernel (std caches the CPUID answer).
-pub fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+/// Depth of a packed slice for `isa`.
+fn kc_for(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => KC,
+        Isa::Avx2 => KC_AVX2,
+    }
 }
 
 /// Raw operands of one GEMM, shared by the threads that compute parts of it.
@@ -75,6 +84,8 @@ struct Operands {
     a_packed: *const f32,
     /// op(A)'s rows rounded up to MR.
     a_packed_rows: usize,
+    /// The instruction set of the kernel and the packing.
+    isa: Isa,
 }
 
 // SAFETY: the pointers are only dereferenced inside `sgemm`'s call, while the caller's borrows are alive, and
@@ -85,10 +96,11 @@ unsafe impl Sync for Operands {}
 /// `C = alpha·op(A)·op(B) + beta·C` (see the module doc), on `threads` threads at most.
 ///
 /// # Safety
-/// `available()` must be true; the pointers with their strides must cover op(A) m×k, op(B) k×n and C m×n
-/// (leading dimension `ldc ≥ n`), and C must not overlap A or B.
+/// The CPU must have `isa`'s instructions (as [`isa()`] says); the pointers with their strides must cover
+/// op(A) m×k, op(B) k×n and C m×n (leading dimension `ldc ≥ n`), and C must not overlap A or B.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(
+    isa: Isa,
     threads: usize,
     m: usize,
     k: usize,
@@ -123,6 +135,7 @@ pub unsafe fn sgemm(
         ldc,
         a_packed: std::ptr::null(),
         a_packed_rows: 0,
+        isa,
     };
     if k == 0 {
         // SAFETY: C covers m×n with leading dimension ldc (caller's contract).
@@ -157,16 +170,18 @@ pub unsafe fn sgemm(
                 let whole = buf.at_least(rows * k);
                 let packed_a = whole.as_ptr();
                 let dst = pool::SharedMut::new(whole);
-                let slices = k.div_ceil(KC);
+                let kc_max = kc_for(isa);
+                let slices = k.div_ceil(kc_max);
                 let src = &ops; // the whole struct (Sync), not its raw pointer field
                 pool::for_each(threads, slices * row_tiles, &|t| {
-                    let (pc, i0) = (t / row_tiles * KC, t % row_tiles * MR);
-                    let kc = KC.min(k - pc);
+                    let (pc, i0) = (t / row_tiles * kc_max, t % row_tiles * MR);
+                    let kc = kc_max.min(k - pc);
                     let at = pc * rows + i0 * kc;
                     // SAFETY: (slice, panel) pairs are distinct per t, so their ranges are disjoint; rows
                     // i0.. (fewer than MR at the end) and columns pc..pc+kc are inside op(A).
                     unsafe {
                         pack_a(
+                            src.isa,
                             dst.part(at..at + MR * kc),
                             src.a.offset(i0 as isize * rsa + pc as isize * csa),
                             rsa,
@@ -291,18 +306,19 @@ unsafe fn gemm_serial(o: &Operands) {
             MC.min(o.m).div_ceil(MR) * MR
         } else {
             MR
-        } * KC.min(o.k);
-        let b_need = NC.min(o.n.div_ceil(NR) * NR) * KC.min(o.k);
+        } * kc_for(o.isa).min(o.k);
+        let b_need = NC.min(o.n.div_ceil(NR) * NR) * kc_for(o.isa).min(o.k);
         let (apack, bpack) = (apack.at_least(a_need), bpack.at_least(b_need));
         for jc in (0..o.n).step_by(NC) {
             let nc = NC.min(o.n - jc);
-            for pc in (0..o.k).step_by(KC) {
-                let kc = KC.min(o.k - pc);
+            for pc in (0..o.k).step_by(kc_for(o.isa)) {
+                let kc = kc_for(o.isa).min(o.k - pc);
                 // The first k-slice applies the caller's beta; later slices add to what is there.
                 let beta = if pc == 0 { o.beta } else { 1.0 };
                 // SAFETY: rows pc..pc+kc and columns jc..jc+nc are inside op(B).
                 unsafe {
                     pack_b(
+                        o.isa,
                         bpack,
                         o.b.offset(pc as isize * o.rsb + jc as isize * o.csb),
                         o.rsb,
@@ -321,6 +337,7 @@ unsafe fn gemm_serial(o: &Operands) {
                         // SAFETY: rows ic+full..ic+mc and columns pc..pc+kc are inside op(A).
                         unsafe {
                             pack_a(
+                                o.isa,
                                 apack,
                                 o.a.offset((ic + full) as isize * o.rsa + pc as isize * o.csa),
                                 o.rsa,
@@ -350,29 +367,53 @@ unsafe fn gemm_serial(o: &Operands) {
                             let nr = NR.min(nc - jr);
                             let bp = &bpack[(jr / NR) * kc * NR..][..kc * NR];
                             // SAFETY: the tile (ic+ir.., jc+jr..) of mr×nr is inside C; A has MR readable
-                            // rows of kc (in place or padded), the B panel kc·NR values; `available()` was
-                            // checked by the caller.
+                            // rows of kc (in place or padded), the B panel kc·NR values; the CPU has `o.isa`
+                            // (the caller checked).
                             unsafe {
                                 let c = o.c.add((ic + ir) * o.ldc + jc + jr);
-                                // A last panel of few rows runs a shorter kernel (no work on padding).
-                                let kernel = match mr {
-                                    1..=4 => kernel::<4>,
-                                    5..=8 => kernel::<8>,
-                                    _ => kernel::<MR>,
-                                };
-                                kernel(
-                                    kc,
-                                    ap,
-                                    rsa,
-                                    csa,
-                                    bp.as_ptr(),
-                                    c,
-                                    o.ldc,
-                                    mr,
-                                    nr,
-                                    o.alpha,
-                                    beta,
-                                )
+                                match o.isa {
+                                    Isa::Avx512 => {
+                                        // A last panel of few rows runs a shorter kernel (no work on
+                                        // padding).
+                                        let kernel = match mr {
+                                            1..=4 => kernel::<4>,
+                                            5..=8 => kernel::<8>,
+                                            _ => kernel::<MR>,
+                                        };
+                                        kernel(
+                                            kc,
+                                            ap,
+                                            rsa,
+                                            csa,
+                                            bp.as_ptr(),
+                                            c,
+                                            o.ldc,
+                                            mr,
+                                            nr,
+                                            o.alpha,
+                                            beta,
+                                        )
+                                    }
+                                    // The MR rows as tiles of AVX2_ROWS over the same B panel; the
+                                    // rows past mr that a last tile reads are the panel's padding.
+                                    Isa::Avx2 => {
+                                        for i0 in (0..mr).step_by(AVX2_ROWS) {
+                                            kernel_avx2(
+                                                kc,
+                                                ap.offset(i0 as isize * rsa),
+                                                rsa,
+                                                csa,
+                                                bp.as_ptr(),
+                                                c.add(i0 * o.ldc),
+                                                o.ldc,
+                                                AVX2_ROWS.min(mr - i0),
+                                                nr,
+                                                o.alpha,
+                                                beta,
+                                            )
+                                        }
+                                    }
+                                }
                             };
                         }
                     }
@@ -383,7 +424,15 @@ unsafe fn gemm_serial(o: &Operands) {
 }
 
 /// Packs op(A)[0..mc, 0..kc] (element (i, p) at `a[i·rsa + p·csa]`) into MR-row panels `[panel][p][MR]`.
-unsafe fn pack_a(dst: &mut [f32], a: *const f32, rsa: isize, csa: isize, mc: usize, kc: usize) {
+unsafe fn pack_a(
+    isa: Isa,
+    dst: &mut [f32],
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    mc: usize,
+    kc: usize,
+) {
     for (panel, out) in dst[..mc.div_ceil(MR) * MR * kc]
         .chunks_exact_mut(MR * kc)
         .enumerate()
@@ -392,8 +441,13 @@ unsafe fn pack_a(dst: &mut [f32], a: *const f32, rsa: isize, csa: isize, mc: usi
         let rows = MR.min(mc - i0);
         if rsa == 1 {
             // SAFETY: rows i0..i0+rows < mc at columns < kc are inside op(A), side by side since rsa == 1;
-            // `out` holds kc·MR values; `available()` was checked by the caller.
-            unsafe { pack_a_panel_cols(out, a.add(i0), csa, rows, kc) };
+            // `out` holds kc·MR values; the CPU has `isa` (caller).
+            unsafe {
+                match isa {
+                    Isa::Avx512 => pack_a_panel_cols(out, a.add(i0), csa, rows, kc),
+                    Isa::Avx2 => pack_a_panel_cols_avx2(out, a.add(i0), csa, rows, kc),
+                }
+            };
             continue;
         }
         if rows < MR {
@@ -410,7 +464,15 @@ unsafe fn pack_a(dst: &mut [f32], a: *const f32, rsa: isize, csa: isize, mc: usi
 }
 
 /// Packs op(B)[0..kc, 0..nc] (element (p, j) at `b[p·rsb + j·csb]`) into NR-column panels `[panel][p][NR]`.
-unsafe fn pack_b(dst: &mut [f32], b: *const f32, rsb: isize, csb: isize, kc: usize, nc: usize) {
+unsafe fn pack_b(
+    isa: Isa,
+    dst: &mut [f32],
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    kc: usize,
+    nc: usize,
+) {
     for (panel, out) in dst[..nc.div_ceil(NR) * NR * kc]
         .chunks_exact_mut(NR * kc)
         .enumerate()
@@ -419,9 +481,14 @@ unsafe fn pack_b(dst: &mut [f32], b: *const f32, rsb: isize, csb: isize, kc: usi
         let cols = NR.min(nc - j0);
         if csb == 1 {
             // SAFETY: rows < kc and columns j0..j0+cols < nc are inside op(B), contiguous in a row since
-            // csb == 1; `out` holds kc·NR values; `available()` was checked by the caller.
-            unsafe { pack_b_panel_rows(out, b.add(j0), rsb, cols, kc) };
-        } else if rsb == 1 {
+            // csb == 1; `out` holds kc·NR values; the CPU has `isa` (caller).
+            unsafe {
+                match isa {
+                    Isa::Avx512 => pack_b_panel_rows(out, b.add(j0), rsb, cols, kc),
+                    Isa::Avx2 => pack_b_panel_rows_avx2(out, b.add(j0), rsb, cols, kc),
+                }
+            };
+        } else if rsb == 1 && isa == Isa::Avx512 {
             // SAFETY: as above, with columns contiguous (rsb == 1).
             unsafe { pack_b_panel_cols(out, b.offset(j0 as isize * csb), csb, cols, kc) };
         } else {
@@ -619,6 +686,172 @@ unsafe fn kernel<const R: usize>(
     }
 }
 
+// The AVX2 packing and tiling are written for these.
+const _: () = assert!(MR == 2 * AVX2_ROWS && NR == 2 * AVX2_COLS);
+
+/// Rows of an AVX2 tile: 6 rows × 2 vectors of 8 = 12 accumulators, plus two vectors of B and one broadcast of
+/// A: 15 of the 16 ymm registers (BLIS's Haswell tile). A 12×32 panel pair is four such tiles: two row halves
+/// times two column halves of the B panel.
+const AVX2_ROWS: usize = 6;
+/// Columns of an AVX2 tile: half a B panel.
+const AVX2_COLS: usize = 16;
+
+/// The lane mask of an 8-wide vector whose first `lanes` (≤ 8) lanes are on.
+#[target_feature(enable = "avx2")]
+fn lane_mask(lanes: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    const ONES_THEN_ZEROS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+    let lanes = lanes.min(8);
+    // SAFETY: 8 - lanes + 8 ≤ 16 values of the table are read.
+    unsafe { _mm256_loadu_si256(ONES_THEN_ZEROS.as_ptr().add(8 - lanes).cast()) }
+}
+
+/// [`kernel`] on AVX2: C[0..mr, 0..nr] = alpha·(A·Bp) + beta·C for mr ≤ AVX2_ROWS rows and nr ≤ 32 columns,
+/// with AVX2_ROWS rows of A readable (element (i, p) at `a[i·rsa + p·csa]`) and one packed B panel (kc×NR),
+/// as 6×16 tiles over the panel's two column halves.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx2(
+    kc: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    for j0 in (0..nr).step_by(AVX2_COLS) {
+        // SAFETY: forwarded; the half panel starts j0 < NR values into each k's row of the panel, and the
+        // tile's columns j0.. are inside C.
+        unsafe {
+            tile_avx2(
+                kc,
+                a,
+                rsa,
+                csa,
+                b.add(j0),
+                c.add(j0),
+                ldc,
+                mr,
+                (nr - j0).min(AVX2_COLS),
+                alpha,
+                beta,
+            )
+        }
+    }
+}
+
+/// One 6×16 tile of [`kernel_avx2`]: `b` points at the tile's first column in a panel of rows NR apart.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile_avx2(
+    kc: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_ROWS];
+    for p in 0..kc {
+        // SAFETY: A's AVX2_ROWS rows and kc columns are readable (caller); row p of the panel holds 16
+        // values from `b`.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            let ap = a.offset(p as isize * csa);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*ap.offset(i as isize * rsa));
+                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            }
+        }
+    }
+    let va = _mm256_set1_ps(alpha);
+    let vb = _mm256_set1_ps(beta);
+    let masks = [lane_mask(nr), lane_mask(nr.saturating_sub(8))];
+    for (i, row) in acc.iter().enumerate().take(mr) {
+        for (j, (&v, &mask)) in row.iter().zip(&masks).enumerate() {
+            if nr <= 8 * j {
+                break;
+            }
+            // SAFETY: row i < mr of the tile and its columns 8j.. (those under the mask, < nr) are inside C.
+            unsafe {
+                let cij = c.add(i * ldc + 8 * j);
+                let mut r = _mm256_mul_ps(v, va);
+                if beta != 0.0 {
+                    r = _mm256_fmadd_ps(_mm256_maskload_ps(cij, mask), vb, r);
+                }
+                _mm256_maskstore_ps(cij, mask, r);
+            }
+        }
+    }
+}
+
+/// [`pack_b_panel_rows`] on AVX2: four masked 8-wide loads and stores per k (padding zero-filled).
+#[target_feature(enable = "avx2")]
+unsafe fn pack_b_panel_rows_avx2(
+    out: &mut [f32],
+    b: *const f32,
+    rsb: isize,
+    cols: usize,
+    kc: usize,
+) {
+    use std::arch::x86_64::*;
+    assert!(out.len() >= kc * NR && cols <= NR);
+    let masks: [__m256i; NR / 8] = std::array::from_fn(|j| lane_mask(cols.saturating_sub(8 * j)));
+    let dst = out.as_mut_ptr();
+    for p in 0..kc {
+        for (j, &mask) in masks.iter().enumerate() {
+            // SAFETY: row p < kc holds `cols` readable values from `b` (caller) and masked-off lanes are not
+            // read; out[p·NR + 8j ..][..8] is inside `out` (asserted).
+            unsafe {
+                let v = _mm256_maskload_ps(b.offset(p as isize * rsb).add(8 * j), mask);
+                _mm256_storeu_ps(dst.add(p * NR + 8 * j), v);
+            }
+        }
+    }
+}
+
+/// [`pack_a_panel_cols`] on AVX2: the MR (12) values of one k as an 8-wide and a 4-wide masked load, stored
+/// whole (rows past `rows` as zeros).
+#[target_feature(enable = "avx2")]
+unsafe fn pack_a_panel_cols_avx2(
+    out: &mut [f32],
+    a: *const f32,
+    csa: isize,
+    rows: usize,
+    kc: usize,
+) {
+    use std::arch::x86_64::*;
+    assert!(out.len() >= kc * MR && rows <= MR);
+    let lo = lane_mask(rows);
+    let hi = _mm_castps_si128(_mm256_castps256_ps128(_mm256_castsi256_ps(lane_mask(
+        rows.saturating_sub(8),
+    ))));
+    let dst = out.as_mut_ptr();
+    for p in 0..kc {
+        // SAFETY: k = p < kc holds `rows` readable values from `a` (caller), masked-off lanes are not read;
+        // out[p·MR ..][..12] is inside `out` (asserted).
+        unsafe {
+            let src = a.offset(p as isize * csa);
+            _mm256_storeu_ps(dst.add(p * MR), _mm256_maskload_ps(src, lo));
+            _mm_storeu_ps(dst.add(p * MR + 8), _mm_maskload_ps(src.add(8), hi));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,13 +898,39 @@ mod tests {
         out
     }
 
+    /// The instruction sets this CPU has, saying which it lacks.
+    fn isas_here(test: &str) -> Vec<Isa> {
+        let mut isas = Vec::new();
+        for (isa, has) in [
+            (Isa::Avx512, std::arch::is_x86_feature_detected!("avx512f")),
+            (
+                Isa::Avx2,
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma"),
+            ),
+        ] {
+            if has {
+                isas.push(isa);
+            } else {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {test} for {}: not on this CPU",
+                    isa.name()
+                );
+            }
+        }
+        isas
+    }
+
     #[test]
     fn matches_reference_every_transpose_and_edge() {
-        if !available() {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED matches_reference_every_transpose_and_edge: no AVX-512 on this CPU (matrixmultiply serves it)");
-            return;
+        for isa in isas_here("matches_reference_every_transpose_and_edge") {
+            matches_reference(isa);
         }
+    }
+
+    fn matches_reference(isa: Isa) {
         let mut seed = 1u32;
         let mut rnd = || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -706,6 +965,7 @@ mod tests {
                             // SAFETY: the slices cover the shapes with these strides.
                             unsafe {
                                 sgemm(
+                                    isa,
                                     threads,
                                     m,
                                     k,
@@ -726,7 +986,7 @@ mod tests {
                                 let tol = 1e-5 * (k as f32).sqrt() * (1.0 + y.abs());
                                 assert!(
                                     (x - y).abs() <= tol,
-                                    "{m}x{n}x{k} ta={ta} tb={tb} α={alpha} β={beta} t={threads}: {x} vs {y}"
+                                    "{isa:?} {m}x{n}x{k} ta={ta} tb={tb} α={alpha} β={beta} t={threads}: {x} vs {y}"
                                 );
                             }
                         }
