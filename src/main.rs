@@ -586,11 +586,7 @@ fn train(a: TrainArgs) -> Result<()> {
         if let Some(opt) = &optimizer_state {
             net.restore_optimizer_state(opt)?;
         }
-        if a.cuda_graphs && net.set_graphs(true) {
-            progress.start(&format!(
-                "CUDA graphs: each run of {GRAPH_STEPS} steps recorded once, then replayed"
-            ));
-        }
+        let graphs = a.cuda_graphs && net.set_graphs(true);
         let placed =
             net.set_data_placed(&train_values, train_rows, settings.data_dtype, a.data_on)?;
         if val_rows > 0 {
@@ -605,6 +601,13 @@ fn train(a: TrainArgs) -> Result<()> {
                     ""
                 }
             ));
+        }
+        if graphs {
+            progress.start(&if placed == Placement::Host {
+                "CUDA graphs: not used, since each step copies its batch from the host".to_string()
+            } else {
+                format!("CUDA graphs: each run of {GRAPH_STEPS} steps recorded once, then replayed")
+            });
         }
         let opts = FitOptions {
             state: start_state.clone(),
