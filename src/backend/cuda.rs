@@ -355,6 +355,9 @@ pub struct CudaBackend {
     gemm_partials: Option<CudaSlice<f32>>,
     /// Recorded graphs (`Backend::begin_capture`), indexed by `GraphId`.
     graphs: Vec<CudaGraph>,
+    /// Split-K scratch buffers outgrown while graphs were recorded: a graph holds the address of the one it
+    /// was recorded with, so they live (counted in `bytes`) until the graphs are cleared.
+    retired_partials: Vec<CudaSlice<f32>>,
     /// Whether the stream is recording: an op that would allocate, copy or wait fails instead.
     capturing: bool,
 }
@@ -548,6 +551,7 @@ impl CudaBackend {
             fuse_epilogue: std::env::var("TIEDAE_CUDA_FUSE").as_deref() != Ok("0"),
             gemm_partials: None,
             graphs: Vec::new(),
+            retired_partials: Vec::new(),
             capturing: false,
         })
     }
@@ -611,7 +615,11 @@ impl CudaBackend {
                 // Before the old scratch is freed: a recording keeps it.
                 self.refuse_while_capturing("growing the split-K scratch")?;
                 if let Some(old) = self.gemm_partials.take() {
-                    self.bytes -= old.len() * std::mem::size_of::<f32>();
+                    if self.graphs.is_empty() {
+                        self.bytes -= old.len() * std::mem::size_of::<f32>();
+                    } else {
+                        self.retired_partials.push(old);
+                    }
                 }
                 self.gemm_partials = Some(self.alloc_zeros::<f32>(need, "split-K partial sums")?);
             }
@@ -1392,6 +1400,14 @@ impl Backend for CudaBackend {
     fn clear_graphs(&mut self) {
         // An executable graph still running is freed when it completes (cuGraphExecDestroy).
         self.graphs.clear();
+        if !self.retired_partials.is_empty() {
+            // The scratch of replays still queued is freed once they are done. An error here was reported
+            // by the op that caused it.
+            let _ = self.stream.synchronize();
+            for old in self.retired_partials.drain(..) {
+                self.bytes -= old.len() * std::mem::size_of::<f32>();
+            }
+        }
     }
 }
 
