@@ -26,6 +26,17 @@ fn values(rows: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// COLS→5→2, tanh hidden, linear code and output.
+fn spec() -> ModelSpec {
+    ModelSpec::new(
+        vec![COLS, 5, 2],
+        Activation::Tanh,
+        Activation::Linear,
+        Activation::Linear,
+    )
+    .unwrap()
+}
+
 /// Each epoch's training and validation loss, as bits.
 type EpochLosses = Vec<(u64, Option<u64>)>;
 
@@ -36,13 +47,7 @@ fn train<B: Backend>(
     dtype: DataType,
     placement: Placement,
 ) -> (Vec<u32>, EpochLosses, Placement) {
-    let spec = ModelSpec::new(
-        vec![COLS, 5, 2],
-        Activation::Tanh,
-        Activation::Linear,
-        Activation::Linear,
-    )
-    .unwrap();
+    let spec = spec();
     let optimizer = Optimizer::from_flags("adam", Some(0.01), 0.0).unwrap();
     let mut net = Network::new(backend, &spec, &spec.glorot_init(2), 16, Some(optimizer)).unwrap();
     let placed = net
@@ -106,13 +111,7 @@ fn host_data_trains_exactly_like_device_data_on_gpu() {
 /// A set on the host takes no backend memory for its values or its order.
 #[test]
 fn host_data_takes_no_backend_memory_for_its_rows() {
-    let spec = ModelSpec::new(
-        vec![COLS, 5, 2],
-        Activation::Tanh,
-        Activation::Linear,
-        Activation::Linear,
-    )
-    .unwrap();
+    let spec = spec();
     let used = |placement| {
         let mut net = Network::new(
             CpuBackend::<f32>::new(),
@@ -137,13 +136,7 @@ fn host_data_takes_no_backend_memory_for_its_rows() {
 /// beyond that, and the device where the backend reports no limit (the CPU).
 #[test]
 fn auto_keeps_a_set_on_the_device_only_when_it_fits() {
-    let spec = ModelSpec::new(
-        vec![COLS, 5, 2],
-        Activation::Tanh,
-        Activation::Linear,
-        Activation::Linear,
-    )
-    .unwrap();
+    let spec = spec();
     let need = 4 * ROWS * COLS + 4 * ROWS + (256 << 20);
     for (free, want) in [
         (None, Placement::Device),
@@ -175,13 +168,7 @@ fn graphs_step_aside_for_host_data() {
     let mut with_graphs = Recorder::new();
     with_graphs.free_memory = Some(0);
     let run = |backend: Recorder, graphs: bool| {
-        let spec = ModelSpec::new(
-            vec![COLS, 5, 2],
-            Activation::Tanh,
-            Activation::Linear,
-            Activation::Linear,
-        )
-        .unwrap();
+        let spec = spec();
         let optimizer = Optimizer::from_flags("adam", Some(0.01), 0.0).unwrap();
         let mut net =
             Network::new(backend, &spec, &spec.glorot_init(2), 4, Some(optimizer)).unwrap();

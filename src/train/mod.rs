@@ -350,11 +350,7 @@ impl<B: Backend> Network<B> {
     ) -> Result<Placement> {
         // Recorded steps read the old set's buffers.
         self.forget_graphs();
-        self.data = None;
-        let data = self.place_data(values, rows, dtype, placement)?;
-        let placed = data.placement();
-        self.data = Some(data);
-        Ok(placed)
+        self.place_set(DataSet::Train, values, rows, dtype, placement)
     }
 
     /// Uploads a validation set, evaluated with [`Network::evaluate_set`].
@@ -381,11 +377,30 @@ impl<B: Backend> Network<B> {
         dtype: DataType,
         placement: Placement,
     ) -> Result<Placement> {
-        self.validation = None;
+        self.place_set(DataSet::Validation, values, rows, dtype, placement)
+    }
+
+    /// Replaces set `which` (the old one's host memory is freed first) and says where the new one went.
+    fn place_set(
+        &mut self,
+        which: DataSet,
+        values: &[f32],
+        rows: usize,
+        dtype: DataType,
+        placement: Placement,
+    ) -> Result<Placement> {
+        *self.set_slot(which) = None;
         let data = self.place_data(values, rows, dtype, placement)?;
         let placed = data.placement();
-        self.validation = Some(data);
+        *self.set_slot(which) = Some(data);
         Ok(placed)
+    }
+
+    fn set_slot(&mut self, which: DataSet) -> &mut Option<DeviceData<B::Scalar>> {
+        match which {
+            DataSet::Train => &mut self.data,
+            DataSet::Validation => &mut self.validation,
+        }
     }
 
     /// Where `Auto` puts a data set of `bytes` on this backend: on the device unless the device says it has

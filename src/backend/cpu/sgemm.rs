@@ -708,7 +708,7 @@ fn lane_mask(lanes: usize) -> std::arch::x86_64::__m256i {
 
 /// [`kernel`] on AVX2: C[0..mr, 0..nr] = alpha·(A·Bp) + beta·C for mr ≤ AVX2_ROWS rows and nr ≤ 32 columns,
 /// with AVX2_ROWS rows of A readable (element (i, p) at `a[i·rsa + p·csa]`) and one packed B panel (kc×NR),
-/// as 6×16 tiles over the panel's two column halves.
+/// as one 6×16 tile per column half of the panel.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_avx2(
@@ -724,76 +724,42 @@ unsafe fn kernel_avx2(
     alpha: f32,
     beta: f32,
 ) {
-    for j0 in (0..nr).step_by(AVX2_COLS) {
-        // SAFETY: forwarded; the half panel starts j0 < NR values into each k's row of the panel, and the
-        // tile's columns j0.. are inside C.
-        unsafe {
-            tile_avx2(
-                kc,
-                a,
-                rsa,
-                csa,
-                b.add(j0),
-                c.add(j0),
-                ldc,
-                mr,
-                (nr - j0).min(AVX2_COLS),
-                alpha,
-                beta,
-            )
-        }
-    }
-}
-
-/// One 6×16 tile of [`kernel_avx2`]: `b` points at the tile's first column in a panel of rows NR apart.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn tile_avx2(
-    kc: usize,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    alpha: f32,
-    beta: f32,
-) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_ROWS];
-    for p in 0..kc {
-        // SAFETY: A's AVX2_ROWS rows and kc columns are readable (caller); row p of the panel holds 16
-        // values from `b`.
-        unsafe {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            let ap = a.offset(p as isize * csa);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*ap.offset(i as isize * rsa));
-                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-            }
-        }
-    }
     let va = _mm256_set1_ps(alpha);
     let vb = _mm256_set1_ps(beta);
-    let masks = [lane_mask(nr), lane_mask(nr.saturating_sub(8))];
-    for (i, row) in acc.iter().enumerate().take(mr) {
-        for (j, (&v, &mask)) in row.iter().zip(&masks).enumerate() {
-            if nr <= 8 * j {
-                break;
-            }
-            // SAFETY: row i < mr of the tile and its columns 8j.. (those under the mask, < nr) are inside C.
+    for j0 in (0..nr).step_by(AVX2_COLS) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; AVX2_ROWS];
+        for p in 0..kc {
+            // SAFETY: A's AVX2_ROWS rows and kc columns are readable (caller); row p of the panel holds NR
+            // values from `b`, of which this half reads j0..j0+16.
             unsafe {
-                let cij = c.add(i * ldc + 8 * j);
-                let mut r = _mm256_mul_ps(v, va);
-                if beta != 0.0 {
-                    r = _mm256_fmadd_ps(_mm256_maskload_ps(cij, mask), vb, r);
+                let bp = b.add(p * NR + j0);
+                let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
+                let ap = a.offset(p as isize * csa);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*ap.offset(i as isize * rsa));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
                 }
-                _mm256_maskstore_ps(cij, mask, r);
+            }
+        }
+        let cols = (nr - j0).min(AVX2_COLS);
+        let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(8))];
+        for (i, row) in acc.iter().enumerate().take(mr) {
+            for (j, (&v, &mask)) in row.iter().zip(&masks).enumerate() {
+                if cols <= 8 * j {
+                    break;
+                }
+                // SAFETY: row i < mr of the tile and its columns j0+8j.. (those under the mask, < nr) are
+                // inside C.
+                unsafe {
+                    let cij = c.add(i * ldc + j0 + 8 * j);
+                    let mut r = _mm256_mul_ps(v, va);
+                    if beta != 0.0 {
+                        r = _mm256_fmadd_ps(_mm256_maskload_ps(cij, mask), vb, r);
+                    }
+                    _mm256_maskstore_ps(cij, mask, r);
+                }
             }
         }
     }
