@@ -182,9 +182,12 @@ fn run_library<B: Backend>(backend: B, case: &Case) {
     );
 }
 
-fn run_cli(case: &Case, name: &str) {
+/// Trains `case` through the binary, with `TIEDAE_CPU_ISA` set to `isa` when given (the GEMM and loops of a
+/// narrower instruction set), and checks the weights against Keras's.
+fn run_cli(case: &Case, name: &str, isa: Option<&str>) {
     let out = std::env::temp_dir().join(format!(
-        "tiedae-keras-{name}-{}.safetensors",
+        "tiedae-keras-{name}-{}-{}.safetensors",
+        isa.unwrap_or("best"),
         std::process::id()
     ));
     let layers: Vec<String> = case.spec.widths[1..]
@@ -218,10 +221,12 @@ fn run_cli(case: &Case, name: &str) {
         "cpu".into(),
     ];
     args.extend(case.cli_optimizer.iter().cloned());
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tiedae"))
-        .args(&args)
-        .output()
-        .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tiedae"));
+    command.args(&args);
+    if let Some(isa) = isa {
+        command.env("TIEDAE_CPU_ISA", isa);
+    }
+    let status = command.output().unwrap();
     assert!(
         status.status.success(),
         "tiedae failed: {}",
@@ -230,7 +235,16 @@ fn run_cli(case: &Case, name: &str) {
     let model = io::load_model(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     assert_eq!(model.spec, case.spec);
-    check_weights(case, &model.params, "cli");
+    let device = &model.training["device"];
+    match isa {
+        // The cap took effect: the run says which GEMM it used (see `CpuBackend::name`).
+        Some("baseline") => assert!(device.contains("matrixmultiply GEMM"), "{device}"),
+        Some("avx2") if std::arch::is_x86_feature_detected!("avx2") => {
+            assert!(device.contains("AVX2 GEMM"), "{device}")
+        }
+        _ => {}
+    }
+    check_weights(case, &model.params, &format!("cli {}", isa.unwrap_or("")));
 }
 
 macro_rules! keras_case {
@@ -251,7 +265,14 @@ macro_rules! keras_case {
             }
             #[test]
             fn cli() {
-                run_cli(&case(stringify!($name)), stringify!($name));
+                run_cli(&case(stringify!($name)), stringify!($name), None);
+            }
+            /// The AVX2 GEMM (most laptops') and the baseline path (matrixmultiply) against Keras too.
+            #[test]
+            fn cli_avx2_and_baseline() {
+                for isa in ["avx2", "baseline"] {
+                    run_cli(&case(stringify!($name)), stringify!($name), Some(isa));
+                }
             }
         }
     };

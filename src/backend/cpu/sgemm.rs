@@ -17,7 +17,9 @@
 //! read in place, touches a new cache line for every k and ran at ~70% of the untransposed speed, so it is
 //! packed (`[panel][p][MR]`) wherever each packed panel serves at least PACK_A_MIN_PANELS B panels. Packing
 //! moves values, not sums: every element of C is summed in the same order whatever the thread split or
-//! packing, so the result does not depend on the thread count.
+//! packing, so the result does not depend on the thread count. It can depend on the instruction set
+//! when k > 256: each k slice is summed on its own and then added to C, and AVX2's slices are 256 deep,
+//! AVX-512's 1024.
 
 pub use super::isa::{isa, Isa};
 use super::pool;
