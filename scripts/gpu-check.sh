@@ -213,6 +213,10 @@ fi
 # tiedae on every device (CPU and GPU, the same run), PyTorch on the same GPU, our GEMM against cuBLAS.
 step bench-tiedae 420 "$bundle/tiedae" bench --json --device all
 grep '^{' "$logdir/bench-tiedae.log" >"$logdir/bench-tiedae.jsonl" 2>/dev/null || true
+# A data set kept on the host (--data-on host): each batch copied up on a second stream while the step before
+# it runs; against the bench-tiedae rows above, the cost of the copies that do not hide.
+step bench-tiedae-data-on-host 300 "$bundle/tiedae" bench --json --device cuda --data-on host
+grep '^{' "$logdir/bench-tiedae-data-on-host.log" >"$logdir/bench-tiedae-data-on-host.jsonl" 2>/dev/null || true
 # Before/after of this session's GPU GEMM work: the 64×64 kernel alone, bias and activation unfused.
 step bench-tiedae-before 300 env TIEDAE_CUDA_GEMM=64 TIEDAE_CUDA_FUSE=0 "$bundle/tiedae" bench --json --device cuda
 grep '^{' "$logdir/bench-tiedae-before.log" >"$logdir/bench-tiedae-before.jsonl" 2>/dev/null || true

@@ -22,7 +22,7 @@ use crate::backend::{Backend, Gemm, Region, Trans};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::optim::Optimizer;
-use crate::train::Network;
+use crate::train::{DataType, Network, Placement};
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use std::time::Instant;
@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// One JSON object per line instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Where the synthetic data set lives: `device` (the default), or `host` (each batch copied up while
+    /// the step before it runs, as `train --data-on host` does for a set larger than the GPU).
+    #[arg(long, default_value = "device")]
+    pub data_on: Placement,
 }
 
 /// One training workload.
@@ -220,11 +224,13 @@ pub fn synthetic_data(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Trains `w` on `backend`: one warm-up epoch (it records the graphs when `graphs` is on), then timed epochs
-/// (see the module doc).
+/// (see the module doc), with the data set kept where `data_on` says.
+#[allow(clippy::too_many_arguments)]
 pub fn measure_workload<B: Backend>(
     backend: B,
     device: &'static str,
     graphs: bool,
+    data_on: Placement,
     w: &Workload,
     min_seconds: f64,
     min_epochs: usize,
@@ -240,7 +246,9 @@ pub fn measure_workload<B: Backend>(
         device_name.push_str(", graphs");
     }
     let data = synthetic_data(w.rows, w.widths[0], 7);
-    net.set_data(&data, w.rows)?;
+    if net.set_data_placed(&data, w.rows, DataType::F32, data_on)? == Placement::Host {
+        device_name.push_str(", data on the host");
+    }
     drop(data);
     let mut order: Vec<u32> = (0..w.rows as u32).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
@@ -694,7 +702,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let runs: Vec<(Device, &'static str, bool)> = devices
         .iter()
         .flat_map(|&d| match d {
-            Device::Cuda(_) => vec![(d, "cuda", false), (d, "cuda-graphs", true)],
+            // (No graphs for a set on the host: each step copies a batch up.)
+            Device::Cuda(_) if args.data_on != Placement::Host => {
+                vec![(d, "cuda", false), (d, "cuda-graphs", true)]
+            }
             _ => vec![(d, device_label(d), false)],
         })
         .collect();
@@ -704,6 +715,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 backend,
                 label,
                 graphs,
+                args.data_on,
                 w,
                 args.min_seconds,
                 args.min_epochs
@@ -829,6 +841,7 @@ mod tests {
             gemm: None,
             step_gemms: false,
             json: true,
+            data_on: Placement::Device,
         };
         let w = selected_workloads(&args).unwrap();
         assert_eq!(w.len(), 1);
@@ -843,6 +856,7 @@ mod tests {
             crate::backend::CpuBackend::<f32>::new(),
             "cpu",
             false,
+            Placement::Device,
             &w[0],
             0.0,
             2,

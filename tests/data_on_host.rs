@@ -261,3 +261,96 @@ fn cli_data_on_host_writes_the_same_model() {
     assert!(err.contains("--data-on"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The batch copies of a set kept on the host keep `Backend::prefetch`'s contract: no copy goes into a buffer
+/// that an op queued since the previous copy uses (the `Recorder` checks every copy and panics otherwise),
+/// while every batch after the first of a `train_steps` call is copied during the step before it. Training,
+/// validation, a stop in the middle of an epoch and the restart from there, against the same run with the
+/// set on the device.
+#[test]
+fn host_batches_are_copied_ahead_within_the_prefetch_contract() {
+    let optimizer = Optimizer::from_flags("adam", Some(0.01), 0.0).unwrap();
+    let run = |placement: Placement| {
+        let mut net = Network::new(
+            Recorder::new(),
+            &spec(),
+            &spec().glorot_init(2),
+            16,
+            Some(optimizer),
+        )
+        .unwrap();
+        net.set_data_placed(&values(ROWS, 4), ROWS, DataType::F32, placement)
+            .unwrap();
+        net.set_validation_placed(&values(VAL_ROWS, 5), VAL_ROWS, DataType::F32, placement)
+            .unwrap();
+        let steps = ROWS.div_ceil(16);
+        let mut val = Vec::new();
+        for epoch in 1..=2 {
+            let order = tiedae::train::epoch_order(ROWS, 3, epoch, true);
+            let stop_at = (epoch == 2).then_some(net.steps_done() + 4);
+            let first = net
+                .train_steps(
+                    &order,
+                    16,
+                    0,
+                    tiedae::train::Stop {
+                        flag: None,
+                        at_step: stop_at,
+                    },
+                )
+                .unwrap();
+            if !first.finished {
+                // Validation in between, as a checkpoint would, then the rest of the epoch.
+                val.push(
+                    net.evaluate_set(
+                        tiedae::train::DataSet::Validation,
+                        |_, _, _, _| {},
+                        false,
+                        false,
+                    )
+                    .unwrap(),
+                );
+                net.train_steps(&order, 16, first.next_step, Default::default())
+                    .unwrap();
+            }
+            val.push(
+                net.evaluate_set(
+                    tiedae::train::DataSet::Validation,
+                    |_, _, _, _| {},
+                    false,
+                    false,
+                )
+                .unwrap(),
+            );
+        }
+        let params: Vec<u32> = net
+            .read_params()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        (params, val, net.backend.prefetches, steps)
+    };
+    let (host_params, host_val, prefetches, steps) = run(Placement::Host);
+    let (dev_params, dev_val, none, _) = run(Placement::Device);
+    assert_eq!(none, 0, "a set on the device is never copied up");
+    // Two epochs of training batches, the first epoch's split in two, and the validation batches (one each
+    // of the three evaluations, 40 rows in a batch of 16 is 3).
+    assert_eq!(prefetches, 2 * steps + 3 * VAL_ROWS.div_ceil(16));
+    assert_eq!(host_val, dev_val);
+    assert_eq!(host_params, dev_params);
+}
+
+/// The `Recorder`'s contract check can fail: a copy into a buffer an op used since the last copy panics.
+#[test]
+#[should_panic(expected = "which an op queued since the last prefetch uses")]
+fn a_prefetch_into_a_buffer_in_use_is_caught() {
+    let mut r = Recorder::new();
+    let (a, b) = (
+        tiedae::backend::Region::whole(r.alloc(4).unwrap(), 4),
+        tiedae::backend::Region::whole(r.alloc(4).unwrap(), 4),
+    );
+    r.prefetch(a, &[1.0; 4]).unwrap();
+    r.col_sum(a, 2, b.prefix(2)).unwrap();
+    r.prefetch(a, &[2.0; 4]).unwrap();
+}

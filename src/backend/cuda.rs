@@ -19,8 +19,8 @@ use std::sync::Arc;
 use cudarc::driver::result::{self as cu, DriverError};
 use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -360,6 +360,24 @@ pub struct CudaBackend {
     retired_partials: Vec<CudaSlice<f32>>,
     /// Whether the stream is recording: an op that would allocate, copy or wait fails instead.
     capturing: bool,
+    /// `prefetch`'s copies, set up by the first one.
+    copies: Option<Copies>,
+}
+
+/// `prefetch`'s machinery: a stream of its own for the copies, so that they run while `stream` computes; two
+/// page-locked staging buffers used by turns (the DMA engine reads them directly, and the host fills one
+/// while the other is being copied); and the events that order the two streams.
+struct Copies {
+    stream: Arc<CudaStream>,
+    staging: [Option<PinnedHostSlice<f32>>; 2],
+    /// Recorded on the copy stream after the copy out of `staging[i]`: the host waits for it before
+    /// refilling that buffer.
+    copied: [Option<CudaEvent>; 2],
+    /// The staging buffer the next call fills.
+    next: usize,
+    /// Recorded on the compute stream at the previous call: the ops queued before it, which the next copy
+    /// waits for.
+    before_previous: Option<CudaEvent>,
 }
 
 /// Which kernel of kernels/gemm.cu runs a product (see gemm.cu). `Tile64` and `Large` compute the same C;
@@ -553,6 +571,7 @@ impl CudaBackend {
             graphs: Vec::new(),
             retired_partials: Vec::new(),
             capturing: false,
+            copies: None,
         })
     }
 
@@ -911,6 +930,83 @@ impl Backend for CudaBackend {
         self.stream
             .memcpy_htod(src, &mut view)
             .map_err(|e| device_error("copying to the GPU", e))
+    }
+
+    // See the trait: the copy runs on a stream of its own, after the compute stream has passed the point of
+    // the previous call, and the compute stream waits for it before the ops queued after this call.
+    fn prefetch(&mut self, dst: Region, src: &[f32]) -> Result<()> {
+        self.refuse_while_capturing("a copy from the host")?;
+        assert_eq!(src.len(), dst.len, "prefetch length");
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let p_dst = self.ptr(dst);
+        let what = |step: &str| format!("{step} (copying a batch to {})", self.info.name);
+        if self.copies.is_none() {
+            let stream = self
+                .ctx
+                .new_stream()
+                .map_err(|e| device_error(&what("creating a copy stream"), e))?;
+            self.copies = Some(Copies {
+                stream,
+                staging: [None, None],
+                copied: [None, None],
+                next: 0,
+                before_previous: None,
+            });
+        }
+        let ctx = self.ctx.clone();
+        let compute = self.stream.clone();
+        let c = self.copies.as_mut().expect("set up above");
+        let now = compute
+            .record_event(None)
+            .map_err(|e| device_error(&what("recording an event"), e))?;
+        if let Some(before) = c.before_previous.replace(now) {
+            c.stream
+                .wait(&before)
+                .map_err(|e| device_error(&what("ordering the copy stream"), e))?;
+        }
+        let slot = c.next;
+        c.next ^= 1;
+        if let Some(copied) = &c.copied[slot] {
+            // The previous copy out of this staging buffer must be done before it is refilled.
+            copied
+                .synchronize()
+                .map_err(|e| device_error(&what("waiting for an earlier copy"), e))?;
+        }
+        if c.staging[slot].as_ref().is_none_or(|b| b.len() < src.len()) {
+            // SAFETY: the new buffer's contents are written below before anything reads them.
+            let buf = unsafe { ctx.alloc_pinned::<f32>(src.len()) }
+                .map_err(|e| device_error(&what("allocating page-locked memory"), e))?;
+            c.staging[slot] = Some(buf);
+        }
+        let staging = c.staging[slot].as_mut().expect("allocated above");
+        let host = staging
+            .as_mut_ptr()
+            .map_err(|e| device_error(&what("reaching page-locked memory"), e))?;
+        // SAFETY: the staging buffer holds at least src.len() floats (grown above) and no copy reads it any
+        // more (its last copy was waited for above); `src` is a separate host slice.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), host, src.len()) };
+        // SAFETY: p_dst addresses dst.len = src.len() floats of a live buffer (checked by `ptr`); the host
+        // slice is page-locked and stays untouched until `copied[slot]` completes (waited for before the
+        // next refill, and the buffer lives until the backend is dropped, after the streams are drained).
+        unsafe {
+            cu::memcpy_htod_async(
+                p_dst,
+                std::slice::from_raw_parts(host as *const f32, src.len()),
+                c.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| device_error(&what("queuing the copy"), e))?;
+        let copied = c
+            .stream
+            .record_event(None)
+            .map_err(|e| device_error(&what("recording an event"), e))?;
+        compute
+            .wait(&copied)
+            .map_err(|e| device_error(&what("ordering the compute stream"), e))?;
+        c.copied[slot] = Some(copied);
+        Ok(())
     }
 
     fn upload_indices(&mut self, dst: IdxId, offset: usize, src: &[u32]) -> Result<()> {

@@ -287,6 +287,14 @@ pub trait Backend {
     fn upload(&mut self, dst: Region, src: &[Self::Scalar]) -> Result<()>;
     /// Host → backend copy of indices into `dst[offset..offset + src.len()]`.
     fn upload_indices(&mut self, dst: IdxId, offset: usize, src: &[u32]) -> Result<()>;
+    /// Host → backend copy of `src` into `dst`, which may overlap the ops queued since the previous
+    /// `prefetch` call: those must not use `dst`. Ops queued before the previous call are done before the
+    /// copy starts, and ops queued after this call see the copied values. A batch of a data set kept on the
+    /// host is copied this way, into one of two buffers by turns, while the GPU works on the other. This
+    /// default is `upload` (nothing to overlap).
+    fn prefetch(&mut self, dst: Region, src: &[Self::Scalar]) -> Result<()> {
+        self.upload(dst, src)
+    }
     /// Backend → host copy of `src` into `dst` (`dst.len() == src.len`). Waits for queued work.
     fn download(&mut self, src: Region, dst: &mut [Self::Scalar]) -> Result<()>;
     /// Sets every element of `dst` to `value`.

@@ -229,6 +229,12 @@ pub struct Network<B: Backend> {
     validation: Option<DeviceData<B::Scalar>>,
     /// A batch of a data set kept on the host, gathered before its copy up (reused: no allocation a step).
     staging: Vec<B::Scalar>,
+    /// For a set kept on the host, the second batch buffer (allocated on first use): each batch is copied
+    /// into the buffer the previous step did not read, while that step runs, and the two swap (`input` is
+    /// always the one the next forward pass reads).
+    spare_input: Option<Region>,
+    /// The batch already copied into `input` for the next forward pass: (set, first row of the order, rows).
+    staged: Option<(DataSet, usize, usize)>,
     constraints: Constraints,
     /// Scratch buffers of the constraints, allocated on first use (see constraints.rs).
     constraint_buffers: Option<constraints::Buffers>,
@@ -313,6 +319,8 @@ impl<B: Backend> Network<B> {
             constraints: Constraints::default(),
             constraint_buffers: None,
             staging: Vec::new(),
+            spare_input: None,
+            staged: None,
             graphs_on: false,
             step_graphs: HashMap::new(),
             graph_failures: Vec::new(),
@@ -390,6 +398,7 @@ impl<B: Backend> Network<B> {
         placement: Placement,
     ) -> Result<Placement> {
         *self.set_slot(which) = None;
+        self.staged = None;
         let data = self.place_data(values, rows, dtype, placement)?;
         let placed = data.placement();
         *self.set_slot(which) = Some(data);
@@ -511,6 +520,8 @@ impl<B: Backend> Network<B> {
         }
         .expect("the data set was set");
         assert_eq!(order.len(), d.rows);
+        // A batch staged for the old order holds other rows.
+        self.staged = None;
         match (&mut d.values, d.order) {
             (DataValues::Host { order: host, .. }, _) => {
                 host.clear();
@@ -571,41 +582,69 @@ impl<B: Backend> Network<B> {
         self.param_of(|s| &s[i].dec_bias)
     }
 
-    /// Forward pass of rows `order[start .. start + n]` of the data set: fills `input`, `enc_out`, `dec_out`.
-    fn forward(&mut self, which: DataSet, start: usize, n: usize) -> Result<()> {
-        let w = self.spec.widths.clone();
-        let depth = self.spec.depth();
-        let x = self.input.prefix(n * w[0]);
+    /// Copies rows `order[start .. start + n]` of set `which` (kept on the host) into the spare batch buffer,
+    /// which then becomes `input`: the copy may run while the ops queued since the last one still run, as
+    /// those read the other buffer (see `Backend::prefetch`).
+    fn stage_batch(&mut self, which: DataSet, start: usize, n: usize) -> Result<()> {
+        let cols = self.spec.input_width();
+        let spare = match self.spare_input {
+            Some(r) => r,
+            None => alloc(&mut self.backend, self.max_batch * cols)?,
+        };
         let d = match which {
             DataSet::Train => self.data.as_ref(),
             DataSet::Validation => self.validation.as_ref(),
         }
         .expect("the data set was set");
-        let idx = |buf: IdxId| IdxRegion {
-            buf,
-            offset: start,
-            len: n,
+        let DataValues::Host { values, order } = &d.values else {
+            unreachable!("only a set kept on the host is staged");
         };
-        match (&d.values, d.order) {
-            (&DataValues::F32(values), Some(order)) => {
-                self.backend.gather_rows(values, w[0], idx(order), x)?
-            }
-            (&DataValues::Half(values, format), Some(order)) => {
-                self.backend
-                    .gather_rows_half(values, format, w[0], idx(order), x)?
-            }
-            (DataValues::Host { values, order }, _) => {
-                // A set the device cannot hold: the batch is gathered here and copied up in one piece.
-                self.staging.clear();
-                for &r in &order[start..start + n] {
-                    let r = r as usize;
-                    self.staging
-                        .extend_from_slice(&values[r * w[0]..(r + 1) * w[0]]);
-                }
-                self.backend.upload(x, &self.staging)?
-            }
-            (_, None) => unreachable!("a set on the backend has an order buffer"),
+        self.staging.clear();
+        for &r in &order[start..start + n] {
+            let r = r as usize;
+            self.staging
+                .extend_from_slice(&values[r * cols..(r + 1) * cols]);
         }
+        self.backend
+            .prefetch(spare.prefix(n * cols), &self.staging)?;
+        self.spare_input = Some(self.input);
+        self.input = spare;
+        self.staged = Some((which, start, n));
+        Ok(())
+    }
+
+    /// Forward pass of rows `order[start .. start + n]` of the data set: fills `input`, `enc_out`, `dec_out`.
+    fn forward(&mut self, which: DataSet, start: usize, n: usize) -> Result<()> {
+        let w = self.spec.widths.clone();
+        let depth = self.spec.depth();
+        if self.dataset(which).placement() == Placement::Host {
+            // A set the device cannot hold: the batch was copied up while the previous step ran, or is
+            // copied now.
+            if self.staged != Some((which, start, n)) {
+                self.stage_batch(which, start, n)?;
+            }
+            self.staged = None;
+        } else {
+            let d = self.dataset(which);
+            let (values, order) = (
+                &d.values,
+                d.order.expect("a set on the backend has an order"),
+            );
+            let idx = IdxRegion {
+                buf: order,
+                offset: start,
+                len: n,
+            };
+            let x = self.input.prefix(n * w[0]);
+            match *values {
+                DataValues::F32(values) => self.backend.gather_rows(values, w[0], idx, x)?,
+                DataValues::Half(values, format) => self
+                    .backend
+                    .gather_rows_half(values, format, w[0], idx, x)?,
+                DataValues::Host { .. } => unreachable!("placement says the backend"),
+            }
+        }
+        let x = self.input.prefix(n * w[0]);
         // Encoder: h_{i+1} = f(h_i·W_i + b_i). h_i is (n, d_i), W_i is (d_i, d_{i+1}).
         for i in 0..depth {
             let h_in = if i == 0 {
@@ -871,6 +910,11 @@ impl<B: Backend> Network<B> {
             self.train_step(batch_size, next)?;
             self.warm = true;
             next += 1;
+            if on_host && next < steps && !stop.now(self.steps_done) {
+                // The next batch goes up while this step runs.
+                let start = next * batch_size;
+                self.stage_batch(DataSet::Train, start, batch_size.min(rows - start))?;
+            }
         }
         let mut step_losses = vec![B::Scalar::zero(); next - first_step];
         self.backend

@@ -24,6 +24,11 @@ pub struct Recorder {
     pub stale_alpha: bool,
     /// What `free_memory` says (None: unlimited, as the CPU).
     pub free_memory: Option<usize>,
+    /// Regions the ops queued since the last `prefetch` used: a prefetch into one of them breaks its
+    /// contract (the copy could overwrite what a running op reads), and panics here.
+    since_prefetch: Vec<Region>,
+    /// `prefetch` calls so far.
+    pub prefetches: usize,
 }
 
 impl Recorder {
@@ -36,6 +41,8 @@ impl Recorder {
             ops_replayed: 0,
             stale_alpha: false,
             free_memory: None,
+            since_prefetch: Vec::new(),
+            prefetches: 0,
         }
     }
 
@@ -51,6 +58,11 @@ impl Recorder {
                 op(&mut self.cpu)
             }
         }
+    }
+
+    /// Notes the regions an op uses, for `prefetch`'s check.
+    fn touch(&mut self, regions: &[Region]) {
+        self.since_prefetch.extend_from_slice(regions);
     }
 
     /// Fails while recording, as CUDA does for what a graph cannot hold.
@@ -84,17 +96,34 @@ impl Backend for Recorder {
     }
     fn upload(&mut self, dst: Region, src: &[f32]) -> Result<()> {
         self.not_recording("upload")?;
+        self.touch(&[dst]);
         self.cpu.upload(dst, src)
     }
     fn upload_indices(&mut self, dst: IdxId, offset: usize, src: &[u32]) -> Result<()> {
         self.not_recording("upload_indices")?;
         self.cpu.upload_indices(dst, offset, src)
     }
+    fn prefetch(&mut self, dst: Region, src: &[f32]) -> Result<()> {
+        self.not_recording("prefetch")?;
+        let overlaps = |r: &Region| {
+            r.buf == dst.buf && r.offset < dst.offset + dst.len && dst.offset < r.offset + r.len
+        };
+        if let Some(r) = self.since_prefetch.iter().find(|r| overlaps(r)) {
+            panic!(
+                "prefetch into {dst:?}, which an op queued since the last prefetch uses ({r:?})"
+            );
+        }
+        self.since_prefetch.clear();
+        self.prefetches += 1;
+        self.cpu.upload(dst, src)
+    }
     fn download(&mut self, src: Region, dst: &mut [f32]) -> Result<()> {
         self.not_recording("download")?;
+        self.touch(&[src]);
         self.cpu.download(src, dst)
     }
     fn fill(&mut self, dst: Region, value: f32) -> Result<()> {
+        self.touch(&[dst]);
         self.op(move |c| c.fill(dst, value))
     }
     fn alloc_half(&mut self, len: usize) -> Result<HalfId> {
@@ -113,6 +142,7 @@ impl Backend for Recorder {
         idx: IdxRegion,
         out: Region,
     ) -> Result<()> {
+        self.touch(&[out]);
         self.op(move |c| c.gather_rows_half(data, format, cols, idx, out))
     }
     fn gather_rows(
@@ -122,15 +152,19 @@ impl Backend for Recorder {
         idx: IdxRegion,
         out: Region,
     ) -> Result<()> {
+        self.touch(&[data, out]);
         self.op(move |c| c.gather_rows(data, cols, idx, out))
     }
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()> {
+        self.touch(&[a, b, c]);
         self.op(move |cpu| cpu.gemm(g, a, b, c))
     }
     fn bias_act(&mut self, z: Region, cols: usize, bias: Region, act: Activation) -> Result<()> {
+        self.touch(&[z, bias]);
         self.op(move |c| c.bias_act(z, cols, bias, act))
     }
     fn act_backward(&mut self, grad: Region, y: Region, act: Activation) -> Result<()> {
+        self.touch(&[grad, y]);
         self.op(move |c| c.act_backward(grad, y, act))
     }
     fn mse_backward(
@@ -142,12 +176,15 @@ impl Backend for Recorder {
         grad: Region,
         loss: Region,
     ) -> Result<()> {
+        self.touch(&[pred, target, grad, loss]);
         self.op(move |c| c.mse_backward(pred, target, act, count, grad, loss))
     }
     fn col_sum(&mut self, m: Region, cols: usize, out: Region) -> Result<()> {
+        self.touch(&[m, out]);
         self.op(move |c| c.col_sum(m, cols, out))
     }
     fn sgd_step(&mut self, w: Region, g: Region, v: Region, lr: f32, momentum: f32) -> Result<()> {
+        self.touch(&[w, g, v]);
         self.op(move |c| c.sgd_step(w, g, v, lr, momentum))
     }
     fn adam_step(
@@ -164,21 +201,27 @@ impl Backend for Recorder {
         } else {
             alpha
         };
+        self.touch(&[w, g, m, v, alpha]);
         self.op(move |c| c.adam_step(w, g, m, v, alpha, cfg))
     }
     fn diagonal_affine(&mut self, m: Region, n: usize, scale: f32, shift: f32) -> Result<()> {
+        self.touch(&[m]);
         self.op(move |c| c.diagonal_affine(m, n, scale, shift))
     }
     fn sum_squares(&mut self, x: Region, out: Region) -> Result<()> {
+        self.touch(&[x, out]);
         self.op(move |c| c.sum_squares(x, out))
     }
     fn div_by_sqrt(&mut self, x: Region, sum_sq: Region) -> Result<()> {
+        self.touch(&[x, sum_sq]);
         self.op(move |c| c.div_by_sqrt(x, sum_sq))
     }
     fn normalize_columns(&mut self, m: Region, cols: usize) -> Result<()> {
+        self.touch(&[m]);
         self.op(move |c| c.normalize_columns(m, cols))
     }
     fn center_columns(&mut self, m: Region, cols: usize, out: Region) -> Result<()> {
+        self.touch(&[m, out]);
         self.op(move |c| c.center_columns(m, cols, out))
     }
     fn synchronize(&mut self) -> Result<()> {
