@@ -8,6 +8,12 @@
 //!   decoder i:  dW_i  = dz_dec_iᵀ·g_{i+1}      db: dc_i = colsum(dz_dec_i)     dg_{i+1} = dz_dec_i·W_i
 //!   encoder i:  dW_i += h_iᵀ·dz_enc_i          db_i = colsum(dz_enc_i)         dh_i     = dz_enc_i·W_iᵀ
 //! so the one gradient slot of W_i holds the sum of what both of its uses contribute.
+//!
+//! How a step reaches the backend (`train_steps`): op by op (`train_step`), or, with graphs on, runs of
+//! GRAPH_STEPS steps recorded once and replayed (`recorded_steps`; every per-step value lives in backend
+//! memory: the epoch's order, Adam's α per step, a loss slot per step). A data set kept on the host (a GPU
+//! too small for it) is copied up a batch ahead, into the batch buffer the running step does not read
+//! (`stage_batch`).
 
 use crate::activation::Activation;
 use crate::backend::{
