@@ -301,27 +301,11 @@ fn host_batches_are_copied_ahead_within_the_prefetch_contract() {
                 .unwrap();
             if !first.finished {
                 // Validation in between, as a checkpoint would, then the rest of the epoch.
-                val.push(
-                    net.evaluate_set(
-                        tiedae::train::DataSet::Validation,
-                        |_, _, _, _| {},
-                        false,
-                        false,
-                    )
-                    .unwrap(),
-                );
+                val.push(validation_mse(&mut net));
                 net.train_steps(&order, 16, first.next_step, Default::default())
                     .unwrap();
             }
-            val.push(
-                net.evaluate_set(
-                    tiedae::train::DataSet::Validation,
-                    |_, _, _, _| {},
-                    false,
-                    false,
-                )
-                .unwrap(),
-            );
+            val.push(validation_mse(&mut net));
         }
         let params: Vec<u32> = net
             .read_params()
@@ -339,6 +323,17 @@ fn host_batches_are_copied_ahead_within_the_prefetch_contract() {
     assert_eq!(prefetches, 2 * steps + 3 * VAL_ROWS.div_ceil(16));
     assert_eq!(host_val, dev_val);
     assert_eq!(host_params, dev_params);
+}
+
+fn validation_mse(net: &mut Network<Recorder>) -> u64 {
+    net.evaluate_set(
+        tiedae::train::DataSet::Validation,
+        |_, _, _, _| {},
+        false,
+        false,
+    )
+    .unwrap()
+    .to_bits()
 }
 
 /// The `Recorder`'s contract check can fail: a copy into a buffer an op used since the last copy panics.

@@ -806,9 +806,11 @@ impl<B: Backend> Network<B> {
 
     /// Sets the constraints used by the following steps.
     pub fn set_constraints(&mut self, constraints: Constraints) {
-        // Recorded steps ran the old constraints' ops.
-        self.forget_graphs();
-        self.constraints = constraints;
+        if constraints != self.constraints {
+            // Recorded steps ran the old constraints' ops.
+            self.forget_graphs();
+            self.constraints = constraints;
+        }
     }
 
     /// Optimizer steps taken so far (Adam's t).
