@@ -137,7 +137,7 @@ impl std::str::FromStr for DataType {
 }
 
 /// Where a data set lives: on the backend (uploaded once, read by index), or on the host for a data set the
-/// device cannot hold (each batch gathered on the host and copied up: see [`Placement`]).
+/// device cannot hold (each batch gathered on the host and copied up a step ahead: `Network::stage_batch`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Placement {
     /// On the device when it fits in the free device memory, else on the host.
@@ -145,16 +145,6 @@ pub enum Placement {
     Auto,
     Device,
     Host,
-}
-
-impl Placement {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Placement::Auto => "auto",
-            Placement::Device => "device",
-            Placement::Host => "host",
-        }
-    }
 }
 
 impl std::str::FromStr for Placement {
