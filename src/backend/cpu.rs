@@ -64,13 +64,19 @@ pub fn gemm_threads() -> usize {
     })
 }
 
+/// The instruction set of our GEMM when a `CpuBackend<T>` runs it (f32 on a CPU with AVX2 or AVX-512);
+/// None when matrixmultiply's runs.
+#[cfg(target_arch = "x86_64")]
+fn our_gemm<T: 'static>() -> Option<sgemm::Isa> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(sgemm::isa)
+        .flatten()
+}
+
 /// Which GEMM a `CpuBackend<T>` runs: ours with its instruction set, or matrixmultiply's.
 fn gemm_kernel<T: 'static>() -> String {
     #[cfg(target_arch = "x86_64")]
-    if let (true, Some(isa)) = (
-        std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>(),
-        sgemm::isa(),
-    ) {
+    if let Some(isa) = our_gemm::<T>() {
         return format!("{} GEMM", isa.name());
     }
     "matrixmultiply GEMM".into()
@@ -240,11 +246,8 @@ impl<T: Real> Backend for CpuBackend<T> {
             // f32 on an AVX-512 or AVX2 CPU: our packed, multithreaded GEMM (cpu/sgemm.rs); else
             // matrixmultiply.
             #[cfg(target_arch = "x86_64")]
-            if let (true, Some(isa)) = (
-                std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>(),
-                sgemm::isa(),
-            ) {
-                // SAFETY: T is f32 (checked just above), so the casts only rename the type; the asserts
+            if let Some(isa) = our_gemm::<T>() {
+                // SAFETY: T is f32 (`our_gemm` runs only for f32), so the casts only rename the type; the asserts
                 // above make A, B and C exactly m·k, k·n and m·n elements, the strides describe those
                 // row-major shapes, and C does not alias A or B (different buffers).
                 unsafe {
