@@ -3,7 +3,8 @@
 //! A workload trains a tied autoencoder on `rows` rows of uniform [0, 1) data (seeded, so every run and every
 //! device sees the same numbers). One warm-up epoch runs first (it also pays for first-use costs: thread pools,
 //! GPU module loading, page faults); then whole epochs are timed, one clock reading per epoch, until at least
-//! `--min-seconds` have passed and at least `--min-epochs` epochs were timed. Each epoch ends with the download
+//! `--min-seconds` have passed and at least `--min-epochs` epochs were timed. Each epoch gets a new row order,
+//! as in `tiedae train` (on a GPU a kernel writes it), and its time includes that. Each epoch ends with the download
 //! of its per-step losses, which waits for the device, so the clock never stops before the work does. The
 //! numbers reported are those of the MEDIAN epoch.
 //!
@@ -22,8 +23,7 @@ use crate::backend::{Backend, Gemm, Region, Trans};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::optim::Optimizer;
-use crate::train::{DataType, Network, Placement};
-use rand::seq::SliceRandom;
+use crate::train::{DataType, Network, Placement, Stop};
 use rand::{RngExt, SeedableRng};
 use std::time::Instant;
 
@@ -250,15 +250,22 @@ pub fn measure_workload<B: Backend>(
         device_name.push_str(", data on the host");
     }
     drop(data);
-    let mut order: Vec<u32> = (0..w.rows as u32).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
-    net.train_epoch(&order, w.batch_size)?; // warm-up
+    // Each epoch shuffled as `tiedae train` shuffles it (on a GPU, by a kernel), and timed with its shuffle.
+    let mut epoch = 0;
+    let mut train_epoch = |net: &mut Network<B>| -> Result<f64> {
+        epoch += 1;
+        net.order_epoch(1, epoch, true)?;
+        Ok(net
+            .train_steps_in_order(w.batch_size, 0, Stop::default())?
+            .loss)
+    };
+    train_epoch(&mut net)?; // warm-up
     let mut epoch_seconds = Vec::new();
     let mut final_loss = f64::NAN;
     let started = Instant::now();
     while epoch_seconds.len() < min_epochs.max(1) || started.elapsed().as_secs_f64() < min_seconds {
         let t0 = Instant::now();
-        final_loss = net.train_epoch(&order, w.batch_size)?;
+        final_loss = train_epoch(&mut net)?;
         epoch_seconds.push(t0.elapsed().as_secs_f64());
     }
     Ok(Measurement {

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tiedae::activation::Activation;
 use tiedae::backend::cuda::{self, CudaBackend, GemmKernel};
+use tiedae::backend::shuffle::{fill_order, shuffle_key};
 use tiedae::backend::{AdamConfig, Backend, CpuBackend, Gemm, IdxRegion, Region, Trans};
 
 const PAD: usize = 5;
@@ -645,6 +646,49 @@ fn gather_rows_matches_cpu() {
     }
 }
 
+/// The (rows, key) pairs the shuffle tests compare: tiny sets (walking the smallest network), both sides of
+/// 128 rows (where the network stops being wider than the set), the digits, and sizes off a power of two.
+fn shuffle_cases() -> Vec<(usize, u64)> {
+    [
+        1usize, 2, 3, 5, 10, 127, 128, 129, 1797, 4096, 60_000, 65_537,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(e, rows)| (rows, shuffle_key(42, e as u64 + 1)))
+    .collect()
+}
+
+#[test]
+fn shuffle_order_matches_cpu() {
+    let Some(mut gpu) = gpu_backend("shuffle_order_matches_cpu") else {
+        return;
+    };
+    for (rows, key) in shuffle_cases() {
+        let mut want = vec![0u32; rows];
+        fill_order(&mut want, key);
+        // The order is read back through gather_rows of a column holding each row's number (exact in f32
+        // below 2^24). One index more than the order, left at u32::MAX, gathers NaN unless the kernel wrote
+        // past the order.
+        let idx = gpu.alloc_indices(rows + 1).unwrap();
+        gpu.upload_indices(idx, 0, &vec![u32::MAX; rows + 1])
+            .unwrap();
+        gpu.shuffle_order(idx, rows, key).unwrap();
+        let numbers: Vec<f32> = (0..rows).map(|r| r as f32).collect();
+        let data = put(&mut gpu, &numbers);
+        let out = nans(&mut gpu, rows + 1);
+        let all = IdxRegion {
+            buf: idx,
+            offset: 0,
+            len: rows + 1,
+        };
+        gpu.gather_rows(data, 1, all, out).unwrap();
+        let got = take(&mut gpu, out, "gathered order");
+        let order: Vec<u32> = got[..rows].iter().map(|&v| v as u32).collect();
+        assert_eq!(order, want, "{rows} rows");
+        assert!(got[rows].is_nan(), "{rows} rows: wrote past the order");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------- constraints
 
 #[test]
@@ -857,24 +901,25 @@ fn new_without_a_usable_gpu_is_one_line_error() {
     let _ = cuda::list_devices();
 }
 
-/// `ptxas` on PATH, else next to nvcc.
-fn find_ptxas() -> Option<PathBuf> {
+/// A CUDA tool (`ptxas`, `nvcc`) on PATH, else beside `$NVCC`, else under `$CUDA_PATH`, `$CUDA_HOME` or
+/// /usr/local/cuda.
+fn find_cuda_tool(tool: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("ptxas"));
+        .map(|d| d.join(tool));
     let mut beside_nvcc = Vec::new();
     if let Some(nvcc) = std::env::var_os("NVCC") {
         if let Some(dir) = Path::new(&nvcc).parent() {
-            beside_nvcc.push(dir.join("ptxas"));
+            beside_nvcc.push(dir.join(tool));
         }
     }
     for var in ["CUDA_PATH", "CUDA_HOME"] {
         if let Some(root) = std::env::var_os(var) {
-            beside_nvcc.push(Path::new(&root).join("bin").join("ptxas"));
+            beside_nvcc.push(Path::new(&root).join("bin").join(tool));
         }
     }
-    beside_nvcc.push(PathBuf::from("/usr/local/cuda/bin/ptxas"));
+    beside_nvcc.push(Path::new("/usr/local/cuda/bin").join(tool));
     on_path.chain(beside_nvcc).find(|p| p.is_file())
 }
 
@@ -911,6 +956,7 @@ fn embedded_ptx_has_every_kernel_entry() {
         "adam_step",
         "gather_rows",
         "gather_rows_half",
+        "shuffle_order",
         "diagonal_affine",
         "sum_squares_partials",
         "div_by_sqrt",
@@ -939,7 +985,7 @@ fn ptx_assembles_for_sm61_and_sm90() {
     if !kernels_or_skip(test) {
         return;
     }
-    let Some(ptxas) = find_ptxas() else {
+    let Some(ptxas) = find_cuda_tool("ptxas") else {
         assert!(
             !env_flag("TIEDAE_REQUIRE_KERNELS"),
             "{test}: TIEDAE_REQUIRE_KERNELS=1 but ptxas is not on PATH nor beside nvcc"

@@ -31,13 +31,18 @@ fn compiler() -> Option<String> {
 /// Compiles `tests/kernels_on_cpu/<name>.cpp` against the kernels and runs it; panics with its output on
 /// failure. Returns false (after printing SKIPPED) when there is no compiler and none is required.
 fn build_and_run(name: &str) -> bool {
+    build_and_run_with(name, &[]).is_some()
+}
+
+/// [`build_and_run`] with arguments for the program: its standard output (None when skipped).
+fn build_and_run_with(name: &str, args: &[String]) -> Option<String> {
     let Some(cxx) = compiler() else {
         assert!(
             !common::env_flag("TIEDAE_REQUIRE_KERNELS"),
             "{name}: TIEDAE_REQUIRE_KERNELS=1 but no C++ compiler (CXX, g++, clang++) was found"
         );
         common::skipped(&format!("{name}: no C++ compiler (CXX, g++, clang++)"));
-        return false;
+        return None;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let here = root.join("tests/kernels_on_cpu");
@@ -70,6 +75,7 @@ fn build_and_run(name: &str) -> bool {
         String::from_utf8_lossy(&out.stderr)
     );
     let run = Command::new(&exe)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -80,7 +86,7 @@ fn build_and_run(name: &str) -> bool {
         run.status,
         String::from_utf8_lossy(&run.stderr)
     );
-    true
+    Some(stdout.into_owned())
 }
 
 /// Both tilings of kernels/gemm.cu (`gemm` 64×64 and `gemm_large` 128×128 with float4 loads and double
@@ -119,6 +125,41 @@ fn optim_kernels_on_cpu() {
 #[test]
 fn data_kernels_on_cpu() {
     build_and_run("data_checks");
+}
+
+/// kernels/data.cu's shuffle_order gives, position for position, the order of its Rust twin
+/// (`backend::shuffle::fill_order`, which the CPU backend and a data set kept on the host use): tiny sets
+/// (the smallest network, walked the most), both sides of 128 rows (where the network stops being wider than
+/// the set), the digits, and sizes off a power of two. The program itself checks that each order is a
+/// permutation and that nothing is written past it.
+#[test]
+fn shuffle_kernel_on_cpu_gives_the_rust_twins_order() {
+    use tiedae::backend::shuffle::{fill_order, shuffle_key};
+    let cases: Vec<(usize, u64)> = [1usize, 2, 3, 5, 10, 127, 128, 129, 1797, 4099, 65_537]
+        .into_iter()
+        .enumerate()
+        .map(|(e, rows)| (rows, shuffle_key(42, e as u64 + 1)))
+        .collect();
+    let args: Vec<String> = cases
+        .iter()
+        .flat_map(|&(rows, key)| [rows.to_string(), key.to_string()])
+        .collect();
+    let Some(out) = build_and_run_with("shuffle_checks", &args) else {
+        return;
+    };
+    let orders: Vec<&str> = out.lines().filter(|l| l.starts_with("order ")).collect();
+    assert_eq!(orders.len(), cases.len(), "one order per case:\n{out}");
+    for (&(rows, key), line) in cases.iter().zip(orders) {
+        let (head, values) = line.split_once(':').expect("order <rows>: ...");
+        assert_eq!(head, format!("order {rows}"));
+        let got: Vec<u32> = values
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let mut want = vec![0u32; rows];
+        fill_order(&mut want, key);
+        assert_eq!(got, want, "{rows} rows, key {key}");
+    }
 }
 
 /// kernels/constraints.cu: diagonal_affine, sum_squares (with mse_finalize), div_by_sqrt, normalize_columns

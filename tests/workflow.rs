@@ -8,7 +8,7 @@ use tiedae::backend::CpuBackend;
 use tiedae::io;
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{FitEnd, FitOptions, FitState, Network, Stop, TrainConfig};
+use tiedae::train::{epoch_order, FitEnd, FitOptions, FitState, Network, Stop, TrainConfig};
 
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tiedae-wf-{test}-{}", std::process::id()));
@@ -139,6 +139,48 @@ fn setup(seed: u64) -> (ModelSpec, Vec<f32>, Vec<f32>, usize) {
     let rows = 103;
     let data: Vec<f32> = (0..rows * 10).map(|_| rng.random::<f32>()).collect();
     (spec.clone(), spec.glorot_init(seed), data, rows)
+}
+
+/// Each epoch of `fit` reads the rows in `epoch_order`'s order: the seed's shuffle of that epoch (which the
+/// backend computes where the set lives on it), or file order without shuffling.
+#[test]
+fn fit_reads_each_epoch_in_epoch_order() {
+    let (spec, init, data, rows) = setup(2);
+    let optimizer = Optimizer::from_flags("adam", Some(0.01), 0.0).unwrap();
+    let fresh = || {
+        let mut net =
+            Network::new(CpuBackend::<f32>::new(), &spec, &init, 10, Some(optimizer)).unwrap();
+        net.set_data(&data, rows).unwrap();
+        net
+    };
+    for shuffle in [true, false] {
+        let cfg = TrainConfig {
+            batch_size: 10,
+            epochs: 3,
+            optimizer,
+            shuffle,
+            seed: 5,
+            constraints: Default::default(),
+        };
+        let mut by_fit = fresh();
+        by_fit.fit(&cfg, |_| Ok(())).unwrap();
+        let mut by_hand = fresh();
+        for epoch in 1..=3 {
+            by_hand
+                .train_epoch(&epoch_order(rows, 5, epoch, shuffle), 10)
+                .unwrap();
+        }
+        assert_eq!(
+            bits(&by_fit.read_params().unwrap()),
+            bits(&by_hand.read_params().unwrap()),
+            "shuffle {shuffle}"
+        );
+    }
+    // Not vacuous: the shuffled epochs differ from file order and from each other.
+    let file_order = epoch_order(rows, 5, 1, false);
+    assert!(file_order.iter().copied().eq(0..rows as u32));
+    assert_ne!(epoch_order(rows, 5, 1, true), file_order);
+    assert_ne!(epoch_order(rows, 5, 1, true), epoch_order(rows, 5, 2, true));
 }
 
 #[test]

@@ -170,6 +170,13 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(())
     }
 
+    // dst is (rows): dst[i] = the row position i of the epoch reads. Twin of `shuffle_order` in
+    // kernels/data.cu.
+    fn shuffle_order(&mut self, dst: IdxId, rows: usize, key: u64) -> Result<()> {
+        super::shuffle::fill_order(&mut self.indices[dst.0][..rows], key);
+        Ok(())
+    }
+
     fn download(&mut self, src: Region, dst: &mut [T]) -> Result<()> {
         assert_eq!(src.len, dst.len(), "download length");
         dst.copy_from_slice(Self::view(&self.bufs, src));

@@ -246,6 +246,7 @@ struct Kernels {
     adam_step: CudaFunction,
     gather_rows: CudaFunction,
     gather_rows_half: CudaFunction,
+    shuffle_order: CudaFunction,
     diagonal_affine: CudaFunction,
     sum_squares_partials: CudaFunction,
     div_by_sqrt: CudaFunction,
@@ -280,6 +281,7 @@ impl Kernels {
             adam_step: get("optim", "adam_step")?,
             gather_rows: get("data", "gather_rows")?,
             gather_rows_half: get("data", "gather_rows_half")?,
+            shuffle_order: get("data", "shuffle_order")?,
             diagonal_affine: get("constraints", "diagonal_affine")?,
             sum_squares_partials: get("constraints", "sum_squares_partials")?,
             div_by_sqrt: get("constraints", "div_by_sqrt")?,
@@ -1055,6 +1057,31 @@ impl Backend for CudaBackend {
         // SAFETY: fill(float* dst, u64 n, float value); p_dst addresses dst.len floats of a live buffer
         // (checked by `ptr`) and n == dst.len.
         unsafe { launch.launch(grid_1d(dst.len)) }.map_err(|e| self.launch_error("fill", e))?;
+        Ok(())
+    }
+
+    // dst is (rows): dst[i] = the row position i of the epoch reads. Twin of `shuffle_order` in cpu.rs.
+    fn shuffle_order(&mut self, dst: IdxId, rows: usize, key: u64) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let rows_u = u32::try_from(rows).map_err(|_| {
+            Error::Device(format!(
+                "{rows} rows: the row order holds at most {} rows",
+                u32::MAX
+            ))
+        })?;
+        let p_dst = self.idx_ptr(IdxRegion {
+            buf: dst,
+            offset: 0,
+            len: rows,
+        });
+        let mut launch = self.stream.launch_builder(&self.k.shuffle_order);
+        launch.arg(&p_dst).arg(&rows_u).arg(&key);
+        // SAFETY: shuffle_order(u32* order, u32 rows, u64 key); p_dst addresses `rows` indices of a live index
+        // buffer (checked by `idx_ptr`), and the kernel writes order[0..rows] only.
+        unsafe { launch.launch(grid_1d(rows)) }
+            .map_err(|e| self.launch_error("shuffle_order", e))?;
         Ok(())
     }
 

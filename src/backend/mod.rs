@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod shuffle;
 
 use crate::activation::Activation;
 use crate::error::{Error, Result};
@@ -287,6 +288,15 @@ pub trait Backend {
     fn upload(&mut self, dst: Region, src: &[Self::Scalar]) -> Result<()>;
     /// Host → backend copy of indices into `dst[offset..offset + src.len()]`.
     fn upload_indices(&mut self, dst: IdxId, offset: usize, src: &[u32]) -> Result<()>;
+    /// The row order of a shuffled epoch into `dst[0..rows]`: `dst[i] = shuffle::shuffled_row(i, rows, …)`
+    /// for `key` (a [`shuffle::shuffle_key`]). The CUDA backend computes it on the GPU (`shuffle_order` in
+    /// kernels/data.cu), so no order is copied up at each epoch. This default computes it on the host and
+    /// copies it.
+    fn shuffle_order(&mut self, dst: IdxId, rows: usize, key: u64) -> Result<()> {
+        let mut order = vec![0; rows];
+        shuffle::fill_order(&mut order, key);
+        self.upload_indices(dst, 0, &order)
+    }
     /// Host → backend copy of `src` into `dst`, which may overlap the ops queued since the previous
     /// `prefetch` call: those must not use `dst`. Ops queued before the previous call are done before the
     /// copy starts, and ops queued after this call see the copied values. A batch of a data set kept on the

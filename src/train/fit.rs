@@ -2,19 +2,17 @@
 //! resume exactly where a run stopped.
 
 use super::{DataSet, EpochReport, Network, Stop, TrainConfig};
+use crate::backend::shuffle::{fill_order, shuffle_key};
 use crate::backend::{Backend, Real};
 use crate::error::{Error, Result};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
-/// The row order of epoch `epoch` (1-based): file order, or a shuffle drawn from its own stream of the seed.
-/// One stream per epoch means a resumed run rebuilds any epoch's order from the seed and the epoch alone.
+/// The row order of epoch `epoch` (1-based): file order, or the shuffle keyed by the seed and the epoch
+/// (`backend::shuffle`), which the GPU computes too. A resumed run rebuilds any epoch's order from the seed
+/// and the epoch alone.
 pub fn epoch_order(rows: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<u32> {
     let mut order: Vec<u32> = (0..rows as u32).collect();
     if shuffle {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(epoch as u64);
-        order.shuffle(&mut rng);
+        fill_order(&mut order, shuffle_key(seed, epoch as u64));
     }
     order
 }
@@ -92,15 +90,14 @@ impl<B: Backend> Network<B> {
         mut on_epoch: impl FnMut(&EpochReport, &FitState, &mut Self) -> Result<()>,
     ) -> Result<FitOutcome> {
         self.set_constraints(cfg.constraints);
-        let rows = self.train_rows();
         let mut state = opts.state;
         let mut reports = Vec::new();
         while state.epochs_done < cfg.epochs {
             let epoch = state.epochs_done + 1;
             let t0 = std::time::Instant::now();
-            let order = epoch_order(rows, cfg.seed, epoch, cfg.shuffle);
+            self.order_epoch(cfg.seed, epoch, cfg.shuffle)?;
             let run = self
-                .train_steps(&order, cfg.batch_size, state.step_in_epoch, opts.stop)
+                .train_steps_in_order(cfg.batch_size, state.step_in_epoch, opts.stop)
                 .map_err(|e| match e {
                     Error::Diverged(msg) => Error::Diverged(format!(
                         "training diverged in epoch {epoch}: {msg}; lower --lr or normalize the data (--normalize standard)"

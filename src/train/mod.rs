@@ -16,6 +16,7 @@
 //! (`stage_batch`).
 
 use crate::activation::Activation;
+use crate::backend::shuffle::shuffle_key;
 use crate::backend::{
     Backend, BufId, Gemm, GraphId, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region, Trans,
 };
@@ -862,15 +863,46 @@ impl<B: Backend> Network<B> {
         first_step: usize,
         stop: Stop<'_>,
     ) -> Result<StepsRun> {
+        assert_eq!(order.len(), self.data().rows);
+        self.set_order(DataSet::Train, order)?;
+        self.train_steps_in_order(batch_size, first_step, stop)
+    }
+
+    /// Sets the training set's row order for epoch `epoch` of a run seeded with `seed`: file order, or that
+    /// epoch's shuffle ([`epoch_order`]). A set on the backend gets it from the backend (on a GPU, a kernel
+    /// writes it where the batches read it: nothing is copied up); a set kept on the host, from the host.
+    pub fn order_epoch(&mut self, seed: u64, epoch: usize, shuffle: bool) -> Result<()> {
+        let d = self.data();
+        let rows = d.rows;
+        let backend_order = match d.values {
+            DataValues::Host { .. } => None,
+            _ => d.order,
+        };
+        match backend_order {
+            Some(idx) if shuffle => {
+                self.staged = None;
+                self.backend
+                    .shuffle_order(idx, rows, shuffle_key(seed, epoch as u64))
+            }
+            _ => self.set_order(DataSet::Train, &epoch_order(rows, seed, epoch, shuffle)),
+        }
+    }
+
+    /// Steps `first_step..` of an epoch in the order last set ([`Network::order_epoch`] or
+    /// [`Network::train_steps`]); see `train_steps`.
+    pub fn train_steps_in_order(
+        &mut self,
+        batch_size: usize,
+        first_step: usize,
+        stop: Stop<'_>,
+    ) -> Result<StepsRun> {
         assert!(batch_size <= self.max_batch && batch_size > 0);
         let (rows, losses, on_host) = {
             let d = self.data();
             (d.rows, d.step_losses, d.placement() == Placement::Host)
         };
-        assert_eq!(order.len(), rows);
         let steps = rows.div_ceil(batch_size);
         assert!(first_step <= steps, "first step {first_step} of {steps}");
-        self.set_order(DataSet::Train, order)?;
         if let Some(opt) = self.optimizer.filter(|o| o.adam_config().is_some()) {
             // Adam's alpha of every step still to run in this epoch, in one copy.
             let alphas: Vec<B::Scalar> = (first_step..steps)

@@ -61,6 +61,8 @@ inline float __uint_as_float(unsigned int x) {
     std::memcpy(&f, &x, 4);
     return f;
 }
+// The leading zero bits of x's 32 bits (32 for 0), as CUDA's __clz.
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
 inline int __float_as_int(float f) {
     int x;
     std::memcpy(&x, &f, 4);
