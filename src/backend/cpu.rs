@@ -173,7 +173,13 @@ impl<T: Real> Backend for CpuBackend<T> {
     // dst is (rows): dst[i] = the row position i of the epoch reads. Twin of `shuffle_order` in
     // kernels/data.cu.
     fn shuffle_order(&mut self, dst: IdxId, rows: usize, key: u64) -> Result<()> {
-        super::shuffle::fill_order(&mut self.indices[dst.0][..rows], key);
+        // Every position is computed on its own: parts of the order on the pool's threads.
+        let order = pool::SharedMut::new(&mut self.indices[dst.0][..rows]);
+        pool::for_each_range(gemm_threads(), rows, pool::CHUNK, &|r| {
+            // SAFETY: the ranges of one for_each_range are disjoint.
+            let part = unsafe { order.part(r.clone()) };
+            super::shuffle::fill_order_part(part, r.start, rows, key);
+        });
         Ok(())
     }
 

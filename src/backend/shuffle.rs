@@ -118,47 +118,54 @@ pub fn shuffled_row(i: u32, rows: u32, round_keys: &[u32; ROUNDS as usize]) -> u
     }
 }
 
-/// The whole order: `order[i] = shuffled_row(i, order.len(), …)` for the round keys of `key`. Computed 32
-/// values at a time ([`Network::apply`]; with AVX2, four vectors whose hash chains the core overlaps):
-/// first every position of a block of 256 once, then the positions that landed at or past `rows`, gathered
-/// 32 at a time, until none is left. 60 000 rows take about 0.4-0.7 ms on one core of the machine of
-/// bench/results (a rand shuffle of the same rows: 0.3-0.5 ms).
+/// The whole order: `order[i] = shuffled_row(i, order.len(), …)` for the round keys of `key`.
 pub fn fill_order(order: &mut [u32], key: u64) {
+    let rows = order.len();
+    fill_order_part(order, 0, rows, key);
+}
+
+/// Positions `first..first + part.len()` of the order of `rows` rows keyed by `key` (`part[j]` is position
+/// `first + j`): parts of one order can be computed by different threads. Computed 32 values at a time
+/// ([`Network::apply`]; with AVX2, four vectors whose hash chains the core overlaps): first every position
+/// of a block of 1024 once, then the positions that landed at or past `rows`, gathered 32 at a time, until
+/// none is left. On one core of the machine of bench/results, 60 000 rows take about 0.35 ms (a `rand`
+/// shuffle of them: 0.3-0.5 ms).
+pub fn fill_order_part(part: &mut [u32], first: usize, rows: usize, key: u64) {
+    assert!(first + part.len() <= rows, "positions past the order");
+    let rows = u32::try_from(rows).expect("at most u32::MAX rows");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: this CPU has AVX2 (checked).
-        return unsafe { fill_order_avx2(order, key) };
+        return unsafe { fill_order_avx2(part, first, rows, key) };
     }
-    fill_order_lanes(order, key)
+    fill_order_lanes(part, first, rows, key)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn fill_order_avx2(order: &mut [u32], key: u64) {
-    fill_order_lanes(order, key)
+unsafe fn fill_order_avx2(part: &mut [u32], first: usize, rows: u32, key: u64) {
+    fill_order_lanes(part, first, rows, key)
 }
 
 #[inline(always)]
-fn fill_order_lanes(order: &mut [u32], key: u64) {
+fn fill_order_lanes(part: &mut [u32], first: usize, rows: u32, key: u64) {
     const LANES: usize = 32;
-    const BLOCK: usize = 256;
-    let rows = u32::try_from(order.len()).expect("at most u32::MAX rows");
+    const BLOCK: usize = 1024;
     if rows <= 1 {
-        order
-            .iter_mut()
+        part.iter_mut()
             .enumerate()
-            .for_each(|(i, v)| *v = i as u32);
+            .for_each(|(j, v)| *v = (first + j) as u32);
         return;
     }
     let (net, keys) = (Network::new(rows), round_keys(key));
-    for (b, block) in order.chunks_mut(BLOCK).enumerate() {
+    for (b, block) in part.chunks_mut(BLOCK).enumerate() {
         let mut walkers = [0usize; BLOCK]; // positions in the block still at or past `rows`
         let mut waiting = 0;
         for (c, chunk) in block.chunks_mut(LANES).enumerate() {
-            let first = b * BLOCK + c * LANES;
+            let start = first + b * BLOCK + c * LANES;
             let mut x: [u32; LANES] = std::array::from_fn(|l| {
                 if l < chunk.len() {
-                    (first + l) as u32
+                    (start + l) as u32
                 } else {
                     0
                 }
@@ -232,6 +239,49 @@ mod tests {
                     "rows {rows}, position {i}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn parts_of_an_order_are_its_positions() {
+        for rows in [1usize, 7, 1500, 5000] {
+            let key = shuffle_key(11, rows as u64);
+            let whole = order(rows, key);
+            for cut in [0, 1, rows / 3, rows - 1, rows] {
+                let mut head = vec![0; cut];
+                let mut tail = vec![0; rows - cut];
+                fill_order_part(&mut head, 0, rows, key);
+                fill_order_part(&mut tail, cut, rows, key);
+                head.extend(tail);
+                assert_eq!(head, whole, "{rows} rows cut at {cut}");
+            }
+        }
+    }
+
+    /// The CPU backend's op computes the order in parts (one per chunk of its thread pool).
+    #[test]
+    fn the_cpu_backend_writes_the_order() {
+        use crate::backend::{Backend, CpuBackend, IdxRegion, Region};
+        let mut cpu = CpuBackend::<f32>::new();
+        for rows in [1usize, 1797, 60_000] {
+            let key = shuffle_key(3, rows as u64);
+            let idx = cpu.alloc_indices(rows).unwrap();
+            cpu.shuffle_order(idx, rows, key).unwrap();
+            // Read back through a gather of a column holding each row's number (exact in f32).
+            let numbers: Vec<f32> = (0..rows).map(|r| r as f32).collect();
+            let (data, out) = (cpu.alloc(rows).unwrap(), cpu.alloc(rows).unwrap());
+            let (data, out) = (Region::whole(data, rows), Region::whole(out, rows));
+            cpu.upload(data, &numbers).unwrap();
+            let all = IdxRegion {
+                buf: idx,
+                offset: 0,
+                len: rows,
+            };
+            cpu.gather_rows(data, 1, all, out).unwrap();
+            let mut got = vec![0.0; rows];
+            cpu.download(out, &mut got).unwrap();
+            let got: Vec<u32> = got.iter().map(|&v| v as u32).collect();
+            assert_eq!(got, order(rows, key), "{rows} rows");
         }
     }
 
