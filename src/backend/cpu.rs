@@ -6,7 +6,8 @@
 //! rule that outputs never overlap inputs makes this sound.
 
 use super::{
-    AdamConfig, Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region, Trans,
+    AdamConfig, Backend, BufId, Gemm, GemmArgs, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region,
+    Trans,
 };
 use crate::activation::Activation;
 use crate::error::Result;
@@ -41,6 +42,125 @@ impl<T: Real> CpuBackend<T> {
         &bufs[r.buf.0][r.offset..r.offset + r.len]
     }
 
+    /// `c = alpha·op(a)·op(b) + beta·c` of [`Backend::gemm`] on the stored matrices, on at most `threads`
+    /// threads (the result does not depend on how many).
+    fn gemm_slices(g: Gemm, a_in: &[T], b_in: &[T], c_out: &mut [T], threads: usize) {
+        let Gemm { m, n, k, .. } = g;
+        assert_eq!(a_in.len(), m * k, "gemm A size");
+        assert_eq!(b_in.len(), k * n, "gemm B size");
+        assert_eq!(c_out.len(), m * n, "gemm C size");
+        let (rsa, csa) = match g.trans_a {
+            Trans::N => (k as isize, 1), // A stored m×k
+            Trans::T => (1, m as isize), // A stored k×m
+        };
+        let (rsb, csb) = match g.trans_b {
+            Trans::N => (n as isize, 1), // B stored k×n
+            Trans::T => (1, k as isize), // B stored n×k
+        };
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for x in c_out.iter_mut() {
+                *x = if g.beta == 0.0 {
+                    T::zero()
+                } else {
+                    *x * T::from_f32(g.beta)
+                };
+            }
+            return;
+        }
+        // f32 on an AVX-512 or AVX2 CPU: our packed, multithreaded GEMM (cpu/sgemm.rs); else
+        // matrixmultiply.
+        #[cfg(target_arch = "x86_64")]
+        if let Some(isa) = our_gemm::<T>() {
+            // SAFETY: T is f32 (`our_gemm` runs only for f32), so the casts only rename the type; the asserts
+            // above make A, B and C exactly m·k, k·n and m·n elements, the strides describe those
+            // row-major shapes, and C does not alias A or B (C is a mutable borrow).
+            unsafe {
+                sgemm::sgemm(
+                    isa,
+                    threads,
+                    m,
+                    k,
+                    n,
+                    g.alpha,
+                    a_in.as_ptr() as *const f32,
+                    rsa,
+                    csa,
+                    b_in.as_ptr() as *const f32,
+                    rsb,
+                    csb,
+                    g.beta,
+                    c_out.as_mut_ptr() as *mut f32,
+                    n,
+                )
+            };
+            return;
+        }
+        // SAFETY: the asserts above make A, B and C exactly m·k, k·n and m·n elements, and the strides
+        // describe those row-major shapes; C does not alias A or B (C is a mutable borrow).
+        unsafe {
+            T::gemm_strided(
+                m,
+                k,
+                n,
+                T::from_f32(g.alpha),
+                a_in.as_ptr(),
+                rsa,
+                csa,
+                b_in.as_ptr(),
+                rsb,
+                csb,
+                T::from_f32(g.beta),
+                c_out.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    }
+
+    /// [`Backend::gemm_pair`] on at most `threads` threads; says whether the two ran side by side.
+    fn gemm_pair_on(&mut self, first: GemmArgs, second: GemmArgs, threads: usize) -> Result<bool> {
+        let small =
+            |(g, ..): &GemmArgs| (PAIR_MIN_MACS..=PAIR_MAX_MACS).contains(&(g.m * g.n * g.k));
+        let uses =
+            |(_, a, b, c): &GemmArgs, buf: BufId| a.buf == buf || b.buf == buf || c.buf == buf;
+        let (c1, c2) = (first.3, second.3);
+        let side_by_side = threads >= 2
+            && pairs_side_by_side::<T>()
+            && small(&first)
+            && small(&second)
+            && !uses(&second, c1.buf)
+            && !uses(&first, c2.buf);
+        if !side_by_side {
+            self.gemm(first.0, first.1, first.2, first.3)?;
+            self.gemm(second.0, second.1, second.2, second.3)?;
+            return Ok(false);
+        }
+        check_gemm_sizes(first.0, first.1, first.2, first.3);
+        check_gemm_sizes(second.0, second.1, second.2, second.3);
+        let mut out1 = std::mem::take(&mut self.bufs[c1.buf.0]);
+        let mut out2 = std::mem::take(&mut self.bufs[c2.buf.0]);
+        {
+            let bufs = &self.bufs;
+            let outs = [
+                pool::SharedMut::new(&mut out1[c1.offset..c1.offset + c1.len]),
+                pool::SharedMut::new(&mut out2[c2.offset..c2.offset + c2.len]),
+            ];
+            let args = [first, second];
+            pool::for_each(threads, 2, &|i| {
+                let (g, a, b, c) = args[i];
+                // SAFETY: job i, run once, is the only one to touch output i.
+                let c_out = unsafe { outs[i].part(0..c.len) };
+                Self::gemm_slices(g, Self::view(bufs, a), Self::view(bufs, b), c_out, 1);
+            });
+        }
+        self.bufs[c1.buf.0] = out1;
+        self.bufs[c2.buf.0] = out2;
+        Ok(true)
+    }
+
     /// Runs `f` with `out` as a mutable slice and every other buffer readable.
     fn with_out<R>(&mut self, out: Region, f: impl FnOnce(&[Vec<T>], &mut [T]) -> R) -> R {
         let mut taken = std::mem::take(&mut self.bufs[out.buf.0]);
@@ -71,6 +191,29 @@ fn our_gemm<T: 'static>() -> Option<sgemm::Isa> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
         .then(sgemm::isa)
         .flatten()
+}
+
+/// Products a `gemm_pair` may run side by side, one per thread, in multiply-adds: from about 3 µs of one core
+/// (below, waking a helper costs more than half the pair) to the mnist workload's 256×64×256 products (4.2 M);
+/// larger ones run faster split across the threads, one after the other.
+const PAIR_MIN_MACS: usize = 1 << 18;
+const PAIR_MAX_MACS: usize = 1 << 24;
+
+/// Whether `gemm_pair` runs side by side for `T`: with our GEMM, whose threads it controls (matrixmultiply
+/// has threads of its own).
+fn pairs_side_by_side<T: 'static>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return our_gemm::<T>().is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `a`, `b` and `c` hold exactly the m·k, k·n and m·n elements of `g`.
+fn check_gemm_sizes(g: Gemm, a: Region, b: Region, c: Region) {
+    let Gemm { m, n, k, .. } = g;
+    assert_eq!(a.len, m * k, "gemm A size");
+    assert_eq!(b.len, k * n, "gemm B size");
+    assert_eq!(c.len, m * n, "gemm C size");
 }
 
 /// Which GEMM a `CpuBackend<T>` runs: ours with its instruction set, or matrixmultiply's.
@@ -228,84 +371,25 @@ impl<T: Real> Backend for CpuBackend<T> {
     // C = alpha·op(A)·op(B) + beta·C, row-major. Twin of `gemm` in kernels/gemm.cu. Trans::T swaps the
     // row and column strides of the stored matrix: the decoder reads the encoder's kernel this way.
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()> {
-        let Gemm { m, n, k, .. } = g;
-        assert_eq!(a.len, m * k, "gemm A size");
-        assert_eq!(b.len, k * n, "gemm B size");
-        assert_eq!(c.len, m * n, "gemm C size");
-        let (rsa, csa) = match g.trans_a {
-            Trans::N => (k as isize, 1), // A stored m×k
-            Trans::T => (1, m as isize), // A stored k×m
-        };
-        let (rsb, csb) = match g.trans_b {
-            Trans::N => (n as isize, 1), // B stored k×n
-            Trans::T => (1, k as isize), // B stored n×k
-        };
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
+        check_gemm_sizes(g, a, b, c);
         self.with_out(c, |bufs, c_out| {
-            let a_in = Self::view(bufs, a);
-            let b_in = Self::view(bufs, b);
-            if k == 0 {
-                for x in c_out.iter_mut() {
-                    *x = if g.beta == 0.0 {
-                        T::zero()
-                    } else {
-                        *x * T::from_f32(g.beta)
-                    };
-                }
-                return;
-            }
-            // f32 on an AVX-512 or AVX2 CPU: our packed, multithreaded GEMM (cpu/sgemm.rs); else
-            // matrixmultiply.
-            #[cfg(target_arch = "x86_64")]
-            if let Some(isa) = our_gemm::<T>() {
-                // SAFETY: T is f32 (`our_gemm` runs only for f32), so the casts only rename the type; the asserts
-                // above make A, B and C exactly m·k, k·n and m·n elements, the strides describe those
-                // row-major shapes, and C does not alias A or B (different buffers).
-                unsafe {
-                    sgemm::sgemm(
-                        isa,
-                        gemm_threads(),
-                        m,
-                        k,
-                        n,
-                        g.alpha,
-                        a_in.as_ptr() as *const f32,
-                        rsa,
-                        csa,
-                        b_in.as_ptr() as *const f32,
-                        rsb,
-                        csb,
-                        g.beta,
-                        c_out.as_mut_ptr() as *mut f32,
-                        n,
-                    )
-                };
-                return;
-            }
-            // SAFETY: the asserts above make A, B and C exactly m·k, k·n and m·n elements, and the strides
-            // describe those row-major shapes; C does not alias A or B (different buffers).
-            unsafe {
-                T::gemm_strided(
-                    m,
-                    k,
-                    n,
-                    T::from_f32(g.alpha),
-                    a_in.as_ptr(),
-                    rsa,
-                    csa,
-                    b_in.as_ptr(),
-                    rsb,
-                    csb,
-                    T::from_f32(g.beta),
-                    c_out.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            }
+            Self::gemm_slices(
+                g,
+                Self::view(bufs, a),
+                Self::view(bufs, b),
+                c_out,
+                gemm_threads(),
+            )
         });
         Ok(())
+    }
+
+    // Two small products side by side, one per thread, each summed exactly as `gemm` sums it: with 2
+    // threads a 256×64×256 product took 60-69 µs split across both, 86-94 µs on one (so a pair, 120-140 µs in
+    // turn, takes about 90 µs side by side).
+    fn gemm_pair(&mut self, first: GemmArgs, second: GemmArgs) -> Result<()> {
+        self.gemm_pair_on(first, second, gemm_threads())
+            .map(|_side_by_side| ())
     }
 
     // z is (rows, cols), bias is (cols). Twin of `bias_act` in kernels/elementwise.cu.
@@ -604,5 +688,134 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn synchronize(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Uploads `len` values in [-1, 1) (a fixed sequence per `seed`) into a new buffer.
+    fn values(be: &mut CpuBackend<f32>, len: usize, seed: u32) -> Region {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        let host: Vec<f32> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect();
+        let r = Region::whole(be.alloc(len).unwrap(), len);
+        be.upload(r, &host).unwrap();
+        r
+    }
+
+    fn read(be: &mut CpuBackend<f32>, r: Region) -> Vec<u32> {
+        let mut out = vec![0.0; r.len];
+        be.download(r, &mut out).unwrap();
+        out.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The operands of a product (`g`'s stored shapes), C holding values for β = 1.
+    fn operands(be: &mut CpuBackend<f32>, g: Gemm, seed: u32) -> GemmArgs {
+        let a = values(be, g.m * g.k, seed);
+        let b = values(be, g.k * g.n, seed + 1);
+        let c = values(be, g.m * g.n, seed + 2);
+        (g, a, b, c)
+    }
+
+    /// A pair run side by side on two threads gives the bits of the two run in turn; a pair that is too
+    /// large, too small or dependent (the second reads the first's output) runs in turn.
+    #[test]
+    fn a_pair_side_by_side_equals_the_two_in_turn() {
+        let (n, t) = (Trans::N, Trans::T);
+        // (first, second, expected side by side): the backward pass's pairs of the workloads.
+        let cases = [
+            // mnist's 256↔64 layer: dW = dzᵀ·g with dg = dz·W, then dW += hᵀ·dz with dh = dz·Wᵀ.
+            (
+                Gemm::new(t, n, 256, 64, 256),
+                Gemm::new(n, n, 256, 64, 256),
+                true,
+            ),
+            (
+                Gemm::new(t, n, 256, 64, 256).accumulate(),
+                Gemm::new(n, t, 256, 256, 64),
+                true,
+            ),
+            // digits' 64↔32 layer, and an odd shape with a scaled product.
+            (
+                Gemm::new(t, n, 64, 32, 256),
+                Gemm::new(n, n, 256, 32, 64),
+                true,
+            ),
+            (
+                Gemm::new(t, n, 77, 45, 129).scaled(0.5),
+                Gemm::new(n, t, 129, 77, 45),
+                true,
+            ),
+            // Too small (digits' 32↔8 layer) and too large (mnist's 784↔256 layer): in turn.
+            (
+                Gemm::new(t, n, 32, 8, 256),
+                Gemm::new(n, n, 256, 8, 32),
+                false,
+            ),
+            (
+                Gemm::new(t, n, 784, 256, 256),
+                Gemm::new(n, n, 256, 256, 784),
+                false,
+            ),
+        ];
+        for (i, &(g1, g2, expected)) in cases.iter().enumerate() {
+            let seed = 10 * i as u32;
+            let mut paired = CpuBackend::<f32>::new();
+            let (p1, p2) = (
+                operands(&mut paired, g1, seed),
+                operands(&mut paired, g2, seed + 5),
+            );
+            let side_by_side = paired.gemm_pair_on(p1, p2, 2).unwrap();
+            assert_eq!(side_by_side, expected, "case {i}: side by side");
+            let mut in_turn = CpuBackend::<f32>::new();
+            let (q1, q2) = (
+                operands(&mut in_turn, g1, seed),
+                operands(&mut in_turn, g2, seed + 5),
+            );
+            in_turn.gemm(q1.0, q1.1, q1.2, q1.3).unwrap();
+            in_turn.gemm(q2.0, q2.1, q2.2, q2.3).unwrap();
+            assert_eq!(
+                read(&mut paired, p1.3),
+                read(&mut in_turn, q1.3),
+                "case {i}: first"
+            );
+            assert_eq!(
+                read(&mut paired, p2.3),
+                read(&mut in_turn, q2.3),
+                "case {i}: second"
+            );
+        }
+        // Dependent: the second product reads the first's output, which must be written first.
+        let g1 = Gemm::new(n, n, 64, 64, 64);
+        let mut paired = CpuBackend::<f32>::new();
+        let p1 = operands(&mut paired, g1, 1);
+        let b2 = values(&mut paired, 64 * 64, 9);
+        let c2 = values(&mut paired, 64 * 64, 10);
+        let p2 = (Gemm::new(n, n, 64, 64, 64), p1.3, b2, c2);
+        assert!(
+            !paired.gemm_pair_on(p1, p2, 2).unwrap(),
+            "dependent: in turn"
+        );
+        let mut in_turn = CpuBackend::<f32>::new();
+        let q1 = operands(&mut in_turn, g1, 1);
+        let b2 = values(&mut in_turn, 64 * 64, 9);
+        let c2 = values(&mut in_turn, 64 * 64, 10);
+        in_turn.gemm(q1.0, q1.1, q1.2, q1.3).unwrap();
+        in_turn
+            .gemm(Gemm::new(n, n, 64, 64, 64), q1.3, b2, c2)
+            .unwrap();
+        assert_eq!(
+            read(&mut paired, p2.3),
+            read(&mut in_turn, c2),
+            "dependent: second"
+        );
     }
 }

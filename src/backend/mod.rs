@@ -127,6 +127,9 @@ pub struct Gemm {
     pub beta: f32,
 }
 
+/// A [`Backend::gemm`]'s arguments: the product, then a, b and c.
+pub type GemmArgs = (Gemm, Region, Region, Region);
+
 impl Gemm {
     /// `C = op(A)·op(B)`: α = 1, β = 0 (C is overwritten, never read).
     pub fn new(trans_a: Trans, trans_b: Trans, m: usize, n: usize, k: usize) -> Gemm {
@@ -329,6 +332,14 @@ pub trait Backend {
         -> Result<()>;
     /// See [`Gemm`]. a, b, c are the stored matrices.
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()>;
+    /// `first`, then `second` (each a [`Backend::gemm`]'s arguments): the backward pass's two products of one
+    /// layer, which read the same gradient. Where neither writes a buffer the other uses, the CPU runs two
+    /// small ones side by side, one per thread, instead of each split across the threads in turn; the
+    /// results are the same bits either way. This default runs them in turn.
+    fn gemm_pair(&mut self, first: GemmArgs, second: GemmArgs) -> Result<()> {
+        self.gemm(first.0, first.1, first.2, first.3)?;
+        self.gemm(second.0, second.1, second.2, second.3)
+    }
     /// z is (rows, cols), bias is (cols): `z = f(z + bias)` in place.
     fn bias_act(&mut self, z: Region, cols: usize, bias: Region, act: Activation) -> Result<()>;
     /// A layer's forward pass: `c = f(op(a)·op(b) + bias)` for a product with α = 1, β = 0 (`bias` is

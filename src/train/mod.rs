@@ -720,9 +720,7 @@ impl<B: Backend> Network<B> {
                 self.grad_of(|s| &s[i].dec_bias),
             );
             // dW_i = dzᵀ·g_{i+1}   (d_i, d_{i+1}); β = 0: the decoder's share comes first.
-            let g = Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], n);
-            self.backend.gemm(g, dz, g_in, dw)?;
-            self.backend.col_sum(dz, w[i], dc)?;
+            let dw_product = Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], n);
             // dg_{i+1} = dz·W_i   (n, d_{i+1}), then through the activation that produced g_{i+1}.
             let (d_next, act) = if i + 1 == depth {
                 (
@@ -735,8 +733,12 @@ impl<B: Backend> Network<B> {
                     self.spec.decoder_activation(i + 1),
                 )
             };
-            let g = Gemm::new(Trans::N, Trans::N, n, w[i + 1], w[i]);
-            self.backend.gemm(g, dz, self.kernel(i), d_next)?;
+            let dg_product = Gemm::new(Trans::N, Trans::N, n, w[i + 1], w[i]);
+            self.backend.gemm_pair(
+                (dw_product, dz, g_in, dw),
+                (dg_product, dz, self.kernel(i), d_next),
+            )?;
+            self.backend.col_sum(dz, w[i], dc)?;
             if i + 1 == depth {
                 // dL/dh_L: the uncorrelated-codes penalty adds its share here, before the code activation.
                 self.add_code_penalty_gradient(n, g_in, d_next)?;
@@ -756,17 +758,21 @@ impl<B: Backend> Network<B> {
                 self.grad_of(|s| &s[i].enc_bias),
             );
             // dW_i += h_iᵀ·dz   (d_i, d_{i+1}); β = 1 adds the encoder's share to the decoder's.
-            let g = Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], n).accumulate();
-            self.backend.gemm(g, h_in, dz, dw)?;
-            self.backend.col_sum(dz, w[i + 1], db)?;
+            let dw_product = Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], n).accumulate();
             if i > 0 {
                 // dh_i = dz·W_iᵀ   (n, d_i), then through the activation that produced h_i.
                 let d_prev = self.enc_delta[i - 1].prefix(n * w[i]);
-                let g = Gemm::new(Trans::N, Trans::T, n, w[i], w[i + 1]);
-                self.backend.gemm(g, dz, self.kernel(i), d_prev)?;
+                let dh_product = Gemm::new(Trans::N, Trans::T, n, w[i], w[i + 1]);
+                self.backend.gemm_pair(
+                    (dw_product, h_in, dz, dw),
+                    (dh_product, dz, self.kernel(i), d_prev),
+                )?;
                 self.backend
                     .act_backward(d_prev, h_in, self.spec.encoder_activation(i - 1))?;
+            } else {
+                self.backend.gemm(dw_product, h_in, dz, dw)?;
             }
+            self.backend.col_sum(dz, w[i + 1], db)?;
         }
         // --orthogonality: λ·‖WᵀW − I‖_F per kernel adds its gradient to each kernel's one slot.
         self.add_kernel_penalty_gradients()?;
