@@ -22,12 +22,12 @@
 
 mod common;
 
-use common::{assert_close, env_flag, gpu_backend};
+use common::{assert_close, env_flag, gpu_backend, shuffle_cases};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tiedae::activation::Activation;
 use tiedae::backend::cuda::{self, CudaBackend, GemmKernel};
-use tiedae::backend::shuffle::{fill_order, shuffle_key};
+use tiedae::backend::shuffle::fill_order;
 use tiedae::backend::{AdamConfig, Backend, CpuBackend, Gemm, IdxRegion, Region, Trans};
 
 const PAD: usize = 5;
@@ -644,18 +644,6 @@ fn gather_rows_matches_cpu() {
             0.0,
         );
     }
-}
-
-/// The (rows, key) pairs the shuffle tests compare: tiny sets (walking the smallest network), both sides of
-/// 128 rows (where the network stops being wider than the set), the digits, and sizes off a power of two.
-fn shuffle_cases() -> Vec<(usize, u64)> {
-    [
-        1usize, 2, 3, 5, 10, 127, 128, 129, 1797, 4096, 60_000, 65_537,
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(e, rows)| (rows, shuffle_key(42, e as u64 + 1)))
-    .collect()
 }
 
 #[test]

@@ -128,18 +128,13 @@ fn data_kernels_on_cpu() {
 }
 
 /// kernels/data.cu's shuffle_order gives, position for position, the order of its Rust twin
-/// (`backend::shuffle::fill_order`, which the CPU backend and a data set kept on the host use): tiny sets
-/// (the smallest network, walked the most), both sides of 128 rows (where the network stops being wider than
-/// the set), the digits, and sizes off a power of two. The program itself checks that each order is a
-/// permutation and that nothing is written past it.
+/// (`backend::shuffle::fill_order`, which the CPU backend and a data set kept on the host use), on
+/// `common::shuffle_cases`. The program itself checks that each order is a permutation and that nothing is
+/// written past it.
 #[test]
 fn shuffle_kernel_on_cpu_gives_the_rust_twins_order() {
-    use tiedae::backend::shuffle::{fill_order, shuffle_key};
-    let cases: Vec<(usize, u64)> = [1usize, 2, 3, 5, 10, 127, 128, 129, 1797, 4099, 65_537]
-        .into_iter()
-        .enumerate()
-        .map(|(e, rows)| (rows, shuffle_key(42, e as u64 + 1)))
-        .collect();
+    use tiedae::backend::shuffle::fill_order;
+    let cases = common::shuffle_cases();
     let args: Vec<String> = cases
         .iter()
         .flat_map(|&(rows, key)| [rows.to_string(), key.to_string()])

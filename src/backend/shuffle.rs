@@ -5,7 +5,7 @@
 //! the host all get the same order from the same seed.
 //!
 //! The order is a keyed bijection of `0..rows`. It is built from a Feistel network over the bits that hold
-//! `rows - 1` (see `Network`): each of `ROUNDS` rounds swaps the two parts and XORs one of them with a hash
+//! `rows - 1` (see `Feistel`): each of `ROUNDS` rounds swaps the two parts and XORs one of them with a hash
 //! of the other and the round key. Any such network is a bijection of `0..2^bits`. Applying it again while
 //! the value is `≥ rows` ("cycle walking") restricts it to a bijection of `0..rows`, because it follows the
 //! cycle of `i` to the next member below `rows`. From 128 rows up `2^bits < 2·rows`, so that takes fewer
@@ -31,7 +31,7 @@ fn splitmix64(mut z: u64) -> u64 {
 
 /// Chris Wellons' "lowbias32": a full-avalanche 32-bit hash. The kernel has the same function.
 #[inline(always)]
-pub fn mix32(mut x: u32) -> u32 {
+fn mix32(mut x: u32) -> u32 {
     x ^= x >> 16;
     x = x.wrapping_mul(0x7FEB_352D);
     x ^= x >> 15;
@@ -58,7 +58,7 @@ pub fn round_keys(key: u64) -> [u32; ROUNDS as usize] {
 /// so that `2^bits < 2·rows` (from 128 rows up) and cycle walking needs fewer than 2 applications on
 /// average.
 #[derive(Clone, Copy)]
-struct Network {
+struct Feistel {
     left_bits: u32,
     right_bits: u32,
 }
@@ -73,10 +73,10 @@ fn low(bits: u32) -> u32 {
     (1u32 << bits) - 1
 }
 
-impl Network {
-    fn new(rows: u32) -> Network {
+impl Feistel {
+    fn new(rows: u32) -> Feistel {
         let bits = (u32::BITS - (rows - 1).leading_zeros()).max(MIN_BITS);
-        Network {
+        Feistel {
             left_bits: bits / 2,
             right_bits: bits - bits / 2,
         }
@@ -108,7 +108,7 @@ pub fn shuffled_row(i: u32, rows: u32, round_keys: &[u32; ROUNDS as usize]) -> u
     if rows <= 1 {
         return i;
     }
-    let net = Network::new(rows);
+    let net = Feistel::new(rows);
     let mut x = [i];
     loop {
         net.apply(&mut x, round_keys);
@@ -126,7 +126,7 @@ pub fn fill_order(order: &mut [u32], key: u64) {
 
 /// Positions `first..first + part.len()` of the order of `rows` rows keyed by `key` (`part[j]` is position
 /// `first + j`): parts of one order can be computed by different threads. Computed 32 values at a time
-/// ([`Network::apply`]; with AVX2, four vectors whose hash chains the core overlaps): first every position
+/// ([`Feistel::apply`]; with AVX2, four vectors whose hash chains the core overlaps): first every position
 /// of a block of 1024 once, then the positions that landed at or past `rows`, gathered 32 at a time, until
 /// none is left. On one core of the machine of bench/results, 60 000 rows take about 0.35 ms (a `rand`
 /// shuffle of them: 0.3-0.5 ms).
@@ -157,7 +157,7 @@ fn fill_order_lanes(part: &mut [u32], first: usize, rows: u32, key: u64) {
             .for_each(|(j, v)| *v = (first + j) as u32);
         return;
     }
-    let (net, keys) = (Network::new(rows), round_keys(key));
+    let (net, keys) = (Feistel::new(rows), round_keys(key));
     for (b, block) in part.chunks_mut(BLOCK).enumerate() {
         let mut walkers = [0usize; BLOCK]; // positions in the block still at or past `rows`
         let mut waiting = 0;

@@ -77,3 +77,21 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         );
     }
 }
+
+/// The (rows, key) pairs on which the epoch shuffle's kernel is compared with its Rust twin (on the GPU and
+/// run on the CPU): tiny sets (the smallest network, walked the most), both sides of 128 rows (where the
+/// network stops being wider than the set), the digits, and sizes off a power of two.
+pub fn shuffle_cases() -> Vec<(usize, u64)> {
+    [
+        1usize, 2, 3, 5, 10, 127, 128, 129, 1797, 4099, 60_000, 65_537,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(e, rows)| {
+        (
+            rows,
+            tiedae::backend::shuffle::shuffle_key(42, e as u64 + 1),
+        )
+    })
+    .collect()
+}
