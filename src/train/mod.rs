@@ -869,7 +869,6 @@ impl<B: Backend> Network<B> {
         first_step: usize,
         stop: Stop<'_>,
     ) -> Result<StepsRun> {
-        assert_eq!(order.len(), self.data().rows);
         self.set_order(DataSet::Train, order)?;
         self.train_steps_in_order(batch_size, first_step, stop)
     }
