@@ -4,7 +4,8 @@
 //! GEMM plans runs at every shape (`ours-64`: `gemm`, `ours-128`: `gemm_large`, `ours-splitk`: `gemm` over
 //! slices of K + `gemm_split_reduce`) besides `ours-auto` (what training uses), so one run shows whether the
 //! automatic pick (`GemmKernel::plan`) chooses well.
-//! `cargo bench --bench gpu_gemm`. Without a usable GPU it prints SKIPPED and exits successfully.
+//! `cargo bench --bench gpu_gemm`. Without a usable GPU it prints SKIPPED and exits successfully, unless
+//! `TIEDAE_REQUIRE_GPU=1` (as `scripts/gpu-check.sh` sets it, like the GPU tests): then it fails.
 //!
 //! Timing: criterion's `iter_custom`, with the stream synchronized before the clock is read, so queued work
 //! is always counted. Row-major C = op(A)·op(B) is computed by cuBLAS (column-major) as Cᵀ = op(B)ᵀ·op(A)ᵀ:
@@ -209,6 +210,10 @@ fn bench_train(c: &mut Criterion) {
 
 fn main() {
     if let Err(e) = tiedae::app::check_cuda(0) {
+        if std::env::var("TIEDAE_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1") {
+            eprintln!("gpu_gemm: TIEDAE_REQUIRE_GPU=1 but there is no usable GPU: {e}");
+            std::process::exit(1);
+        }
         println!("gpu_gemm: SKIPPED ({e})");
         return;
     }
