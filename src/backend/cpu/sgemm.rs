@@ -372,53 +372,22 @@ unsafe fn gemm_serial(o: &Operands) {
                             let nr = NR.min(nc - jr);
                             let bp = &bpack[(jr / NR) * kc * NR..][..kc * NR];
                             // SAFETY: the tile (ic+ir.., jc+jr..) of mr×nr is inside C; A has MR readable
-                            // rows of kc (in place or padded), the B panel kc·NR values; the CPU has `o.isa`
-                            // (the caller checked).
+                            // rows of kc (in place or padded), the B panel kc·NR values.
                             unsafe {
-                                let c = o.c.add((ic + ir) * o.ldc + jc + jr);
-                                match o.isa {
-                                    Isa::Avx512 => {
-                                        // A last panel of few rows runs a shorter kernel (no work on
-                                        // padding).
-                                        let kernel = match mr {
-                                            1..=4 => kernel::<4>,
-                                            5..=8 => kernel::<8>,
-                                            _ => kernel::<MR>,
-                                        };
-                                        kernel(
-                                            kc,
-                                            ap,
-                                            rsa,
-                                            csa,
-                                            bp.as_ptr(),
-                                            c,
-                                            o.ldc,
-                                            mr,
-                                            nr,
-                                            o.alpha,
-                                            beta,
-                                        )
-                                    }
-                                    // The MR rows as tiles of AVX2_ROWS over the same B panel; the
-                                    // rows past mr that a last tile reads are the panel's padding.
-                                    Isa::Avx2 => {
-                                        for i0 in (0..mr).step_by(AVX2_ROWS) {
-                                            kernel_avx2(
-                                                kc,
-                                                ap.offset(i0 as isize * rsa),
-                                                rsa,
-                                                csa,
-                                                bp.as_ptr(),
-                                                c.add(i0 * o.ldc),
-                                                o.ldc,
-                                                AVX2_ROWS.min(mr - i0),
-                                                nr,
-                                                o.alpha,
-                                                beta,
-                                            )
-                                        }
-                                    }
-                                }
+                                tile_kernel(
+                                    o.isa,
+                                    kc,
+                                    ap,
+                                    rsa,
+                                    csa,
+                                    bp.as_ptr(),
+                                    o.c.add((ic + ir) * o.ldc + jc + jr),
+                                    o.ldc,
+                                    mr,
+                                    nr,
+                                    o.alpha,
+                                    beta,
+                                )
                             };
                         }
                     }
@@ -426,6 +395,61 @@ unsafe fn gemm_serial(o: &Operands) {
             }
         }
     });
+}
+
+/// One MR×NR tile of C: C[0..mr, 0..nr] = alpha·(A·Bp) + beta·C, with MR rows of A readable (element (i, p) at
+/// `a[i·rsa + p·csa]`) and one packed B panel (kc×NR), on `isa`'s kernel.
+///
+/// # Safety
+/// The CPU must have `isa`; A's MR rows and kc columns readable, the panel kc·NR values, the tile inside C.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_kernel(
+    isa: Isa,
+    kc: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        match isa {
+            Isa::Avx512 => {
+                // A last tile of few rows runs a shorter kernel (no work on padding).
+                let kernel = match mr {
+                    1..=4 => kernel::<4>,
+                    5..=8 => kernel::<8>,
+                    _ => kernel::<MR>,
+                };
+                kernel(kc, a, rsa, csa, b, c, ldc, mr, nr, alpha, beta)
+            }
+            // The MR rows as tiles of AVX2_ROWS over the same B panel; the rows past mr that a last tile
+            // reads are the panel's padding.
+            Isa::Avx2 => {
+                for i0 in (0..mr).step_by(AVX2_ROWS) {
+                    kernel_avx2(
+                        kc,
+                        a.offset(i0 as isize * rsa),
+                        rsa,
+                        csa,
+                        b,
+                        c.add(i0 * ldc),
+                        ldc,
+                        AVX2_ROWS.min(mr - i0),
+                        nr,
+                        alpha,
+                        beta,
+                    )
+                }
+            }
+        }
+    }
 }
 
 /// Packs op(A)[0..mc, 0..kc] (element (i, p) at `a[i·rsa + p·csa]`) into MR-row panels `[panel][p][MR]`.
@@ -923,6 +947,8 @@ mod tests {
             (300, 1030, 20),
             // Two k slices (k > KC): the second adds to what the first wrote.
             (30, 140, 1100),
+            // Split across threads (from 2^21 multiply-adds), with a last tile and panel cut short.
+            (257, 100, 300),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
@@ -931,8 +957,10 @@ mod tests {
                     let sa = if ta { (1, m) } else { (k, 1) };
                     let sb = if tb { (1, k) } else { (n, 1) };
                     for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, 1.0), (-2.0, 0.25)] {
+                        let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+                        let mut on_one_thread = Vec::new();
                         for threads in [1, 2] {
-                            let mut c: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+                            let mut c = c0.clone();
                             if beta == 0.0 {
                                 c.iter_mut().for_each(|x| *x = f32::NAN);
                             }
@@ -962,6 +990,16 @@ mod tests {
                                 assert!(
                                     (x - y).abs() <= tol,
                                     "{isa:?} {m}x{n}x{k} ta={ta} tb={tb} α={alpha} β={beta} t={threads}: {x} vs {y}"
+                                );
+                            }
+                            // However the threads cut C, each element is summed in the same order.
+                            let bits: Vec<u32> = c.iter().map(|x| x.to_bits()).collect();
+                            if threads == 1 {
+                                on_one_thread = bits;
+                            } else {
+                                assert!(
+                                    bits == on_one_thread,
+                                    "{isa:?} {m}x{n}x{k} ta={ta} tb={tb} α={alpha} β={beta}: 2 threads differ from 1"
                                 );
                             }
                         }
