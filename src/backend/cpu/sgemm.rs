@@ -24,6 +24,7 @@
 pub use super::isa::{isa, Isa};
 use super::pool;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How many k ahead the AVX-512 kernel prefetches its B panel into L1 (16 k: 2 KiB ahead).
 const B_PREFETCH_K: usize = 16;
@@ -89,6 +90,11 @@ struct Operands {
     a_packed: *const f32,
     /// op(A)'s rows rounded up to MR.
     a_packed_rows: usize,
+    /// op(B) packed whole, the same way (null: not packed): slice `pc` at `b_packed + pc·b_packed_cols`, its
+    /// panel of columns j..j+NR at `+ j·kc`.
+    b_packed: *const f32,
+    /// op(B)'s columns rounded up to NR.
+    b_packed_cols: usize,
     /// The instruction set of the kernel and the packing.
     isa: Isa,
 }
@@ -140,6 +146,8 @@ pub unsafe fn sgemm(
         ldc,
         a_packed: std::ptr::null(),
         a_packed_rows: 0,
+        b_packed: std::ptr::null(),
+        b_packed_cols: 0,
         isa,
     };
     if k == 0 {
@@ -148,27 +156,15 @@ pub unsafe fn sgemm(
         return;
     }
     let row_tiles = m.div_ceil(MR);
-    let col_tiles = n.div_ceil(NR);
     let threads = if m * n * k < PARALLEL_MIN_MACS {
         1
     } else {
         threads
     };
     if threads > 1 {
-        // Column chunks share nothing but A (each packs its own part of B; A is read in place, or packed
-        // once beforehand when transposed), so C is cut into several per thread and handed out
-        // dynamically: a thread the host delays takes fewer. With few column tiles, C is cut by rows into
-        // one part per thread instead (each part packs all of B, which is small then).
-        let split_cols = col_tiles >= 2 * threads;
-        let tiles = if split_cols { col_tiles } else { row_tiles };
-        let chunks = if split_cols {
-            tiles.min(4 * threads)
-        } else {
-            threads
-        };
-        if split_cols && packs_a(&ops) {
+        if packs_a(&ops) {
             // A transposed op(A) is packed once, by all threads, into this thread's shared buffer; the
-            // column chunks then read it like an op(A) in place.
+            // parts of C then read it like an op(A) in place.
             SHARED_A.with(|cell| {
                 let mut buf = cell.borrow_mut();
                 let rows = row_tiles * MR;
@@ -200,55 +196,186 @@ pub unsafe fn sgemm(
                 packed.a_packed = packed_a;
                 packed.a_packed_rows = rows;
                 // SAFETY: as below, with op(A) read from the packed copy, which outlives the call.
-                unsafe { split_columns(threads, &packed, chunks) };
+                unsafe { split(threads, &packed) };
             });
             return;
         }
-        if split_cols {
-            // SAFETY: forwarded from the caller's contract.
-            unsafe { split_columns(threads, &ops, chunks) };
-            return;
-        }
-        pool::for_each(threads, chunks, &|t| {
-            let (lo, hi) = (tiles * t / chunks, tiles * (t + 1) / chunks);
-            if lo == hi {
-                return;
-            }
-            let (i0, i1) = (lo * MR, (hi * MR).min(m));
-            let mut part = ops;
-            part.m = i1 - i0;
-            // SAFETY: i0 < m, so these stay inside op(A) and C; chunks write disjoint rows of C.
-            unsafe {
-                part.a = ops.a.offset(i0 as isize * ops.rsa);
-                part.c = ops.c.add(i0 * ops.ldc);
-                gemm_serial(&part)
-            }
-        });
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { split(threads, &ops) };
         return;
     }
     // SAFETY: forwarded from the caller's contract.
     unsafe { gemm_serial(&ops) }
 }
 
-/// Runs `o` as `chunks` column chunks of whole NR panels, handed out to `threads` threads.
+/// The least work of one block of rows of the last panels (see [`split`]), in multiply-adds (about 6 µs of
+/// one core).
+const MIN_BLOCK_MACS: usize = 1 << 19;
+
+/// Runs `o` on up to `threads` threads, handing out its parts dynamically (a thread the host delays takes
+/// fewer). Most of C goes in column chunks of whole NR panels that share nothing but A: each packs its own
+/// part of B (A is read in place, or was packed beforehand when transposed). The last `threads` panels
+/// (all of them when there are fewer than 2·threads) are packed once, into this thread's shared buffer, and
+/// cut by rows into small blocks that come last: a thread that runs out of work waits for the others only
+/// as long as one such block takes, where a whole column chunk took up to an eighth of the product (the
+/// threads' waits at the ends of products were 9% of an mnist step's samples).
 ///
 /// # Safety
 /// `o` must satisfy `sgemm`'s contract (and `a_packed`, when set, cover op(A) packed).
-unsafe fn split_columns(threads: usize, o: &Operands, chunks: usize) {
-    let tiles = o.n.div_ceil(NR);
-    pool::for_each(threads, chunks, &|t| {
-        let (lo, hi) = (tiles * t / chunks, tiles * (t + 1) / chunks);
-        if lo == hi {
-            return;
-        }
-        let (j0, j1) = (lo * NR, (hi * NR).min(o.n));
-        let mut part = *o;
-        part.n = j1 - j0;
-        // SAFETY: j0 < n, so these stay inside op(B) and C; chunks write disjoint columns of C.
-        unsafe {
-            part.b = o.b.offset(j0 as isize * o.csb);
-            part.c = o.c.add(j0);
-            gemm_serial(&part)
+unsafe fn split(threads: usize, o: &Operands) {
+    let kc_max = kc_for(o.isa);
+    let panels = o.n.div_ceil(NR);
+    let row_tiles = o.m.div_ceil(MR);
+    let shared = if panels >= 2 * threads {
+        threads
+    } else {
+        panels
+    };
+    let head = panels - shared;
+    let head_chunks = head.min(4 * threads);
+    // Each block spans all the shared panels, so that its tiles of A serve them all while in L1.
+    let tall = (MIN_BLOCK_MACS / (MR * shared * NR * o.k)).clamp(1, row_tiles);
+    let row_blocks = row_tiles.div_ceil(tall);
+    // The shared panels as a product of their own: columns head·NR.. of op(B) and C.
+    let mut last = *o;
+    last.n = o.n - head * NR;
+    // SAFETY: head·NR < n, so these stay inside op(B) and C.
+    unsafe {
+        last.b = o.b.offset((head * NR) as isize * o.csb);
+        last.c = o.c.add(head * NR);
+    }
+    let last_cols = shared * NR;
+    SHARED_B.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let whole = buf.at_least(last_cols * o.k);
+        last.b_packed = whole.as_ptr();
+        last.b_packed_cols = last_cols;
+        let dst = pool::SharedMut::new(whole);
+        let packed = AtomicUsize::new(0);
+        // The closure takes the whole structs (Sync), not their raw pointer fields.
+        let (o, last) = (o, &last);
+        // Tasks, in the order they are handed out: packing each shared panel (all of k), the column chunks,
+        // then the blocks of rows of the shared panels.
+        pool::for_each(threads, shared + head_chunks + row_blocks, &|t| {
+            if t < shared {
+                // Counted as packed even if packing panics, so that no block waits forever (the pool then
+                // reports the panic).
+                struct Counted<'a>(&'a AtomicUsize);
+                impl Drop for Counted<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_add(1, Ordering::Release);
+                    }
+                }
+                let _counted = Counted(&packed);
+                let j0 = t * NR;
+                for pc in (0..o.k).step_by(kc_max) {
+                    let kc = kc_max.min(o.k - pc);
+                    let at = pc * last_cols + j0 * kc;
+                    // SAFETY: (panel, slice) pairs are distinct, so their ranges are disjoint; rows
+                    // pc..pc+kc and columns j0.. (fewer than NR at the end) are inside op(B).
+                    unsafe {
+                        pack_b(
+                            o.isa,
+                            dst.part(at..at + NR * kc),
+                            last.b.offset(pc as isize * o.rsb + j0 as isize * o.csb),
+                            o.rsb,
+                            o.csb,
+                            kc,
+                            NR.min(last.n - j0),
+                        )
+                    };
+                }
+            } else if t < shared + head_chunks {
+                let chunk = t - shared;
+                let (lo, hi) = (head * chunk / head_chunks, head * (chunk + 1) / head_chunks);
+                let mut part = *o;
+                part.n = (hi - lo) * NR;
+                // SAFETY: hi ≤ head, so these columns are inside op(B) and C; chunks write disjoint columns.
+                unsafe {
+                    part.b = o.b.offset((lo * NR) as isize * o.csb);
+                    part.c = o.c.add(lo * NR);
+                    gemm_serial(&part)
+                }
+            } else {
+                let block = t - shared - head_chunks;
+                // The packing tasks were handed out before this one, so they are running or done.
+                while packed.load(Ordering::Acquire) < shared {
+                    std::hint::spin_loop();
+                }
+                let tiles = block * tall..((block + 1) * tall).min(row_tiles);
+                // SAFETY: blocks write disjoint rows of C; every shared panel is packed (above).
+                unsafe { gemm_block(last, tiles, 0..shared) };
+            }
+        });
+    });
+}
+
+/// The tiles `tiles` (of MR rows) × panels `cols` (of NR columns) of C, over all of k, from op(B) packed whole
+/// (`o.b_packed`) and op(A) packed whole or read in place. Each element of C is summed exactly as
+/// [`gemm_serial`] sums it.
+///
+/// # Safety
+/// `o` must satisfy `sgemm`'s contract with `b_packed` set, and the block be inside C.
+unsafe fn gemm_block(o: &Operands, tiles: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+    let kc_max = kc_for(o.isa);
+    PACK.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let apack = guard.0.at_least(MR * kc_max.min(o.k));
+        let prepacked = !o.a_packed.is_null();
+        for pc in (0..o.k).step_by(kc_max) {
+            let kc = kc_max.min(o.k - pc);
+            // The first k-slice applies the caller's beta; later slices add to what is there.
+            let beta = if pc == 0 { o.beta } else { 1.0 };
+            for tile in tiles.clone() {
+                let i0 = tile * MR;
+                let mr = MR.min(o.m - i0);
+                let (ap, rsa, csa) = if prepacked {
+                    // SAFETY: slice pc and rows i0..i0+MR are inside the packed op(A).
+                    let ap = unsafe { o.a_packed.add(pc * o.a_packed_rows + i0 * kc) };
+                    (ap, 1, MR as isize)
+                } else if mr == MR {
+                    // SAFETY: row i0 and column pc are inside op(A).
+                    let ap = unsafe { o.a.offset(i0 as isize * o.rsa + pc as isize * o.csa) };
+                    (ap, o.rsa, o.csa)
+                } else {
+                    // A last tile of fewer than MR rows is copied, zero-padded, so the kernel never reads
+                    // past A.
+                    // SAFETY: rows i0..i0+mr and columns pc..pc+kc are inside op(A).
+                    unsafe {
+                        pack_a(
+                            o.isa,
+                            apack,
+                            o.a.offset(i0 as isize * o.rsa + pc as isize * o.csa),
+                            o.rsa,
+                            o.csa,
+                            mr,
+                            kc,
+                        )
+                    };
+                    (apack.as_ptr(), 1, MR as isize)
+                };
+                for panel in cols.clone() {
+                    let j0 = panel * NR;
+                    // SAFETY: the tile (i0.., j0..) of mr × nr is inside C (caller); A has MR readable rows of
+                    // kc, the packed panel kc·NR values.
+                    unsafe {
+                        tile_kernel(
+                            o.isa,
+                            kc,
+                            ap,
+                            rsa,
+                            csa,
+                            o.b_packed.add(pc * o.b_packed_cols + j0 * kc),
+                            o.c.add(i0 * o.ldc + j0),
+                            o.ldc,
+                            mr,
+                            NR.min(o.n - j0),
+                            o.alpha,
+                            beta,
+                        )
+                    };
+                }
+            }
         }
     });
 }
@@ -267,6 +394,8 @@ unsafe fn scale_c(o: &Operands) {
 thread_local! {
     /// The whole packed op(A) of a product this thread runs with helpers (they read it), kept between calls.
     static SHARED_A: RefCell<PackBuf> = const { RefCell::new(PackBuf::new()) };
+    /// The packed op(B) panels that this thread's helpers share (see `split`), kept between calls.
+    static SHARED_B: RefCell<PackBuf> = const { RefCell::new(PackBuf::new()) };
     /// Packed A and B of this thread, kept between calls.
     static PACK: RefCell<(PackBuf, PackBuf)> = const { RefCell::new((PackBuf::new(), PackBuf::new())) };
 }
