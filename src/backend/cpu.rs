@@ -162,6 +162,32 @@ impl<T: Real> CpuBackend<T> {
     }
 
     /// Runs `f` with `out` as a mutable slice and every other buffer readable.
+    /// [`Backend::col_sum`] on at most `threads` threads: ranges of columns, each summed over all rows in
+    /// row order (the same sums however the columns are split; each thread's reads a cache line or more
+    /// wide), split only when there is enough work.
+    fn col_sum_on(&mut self, m: Region, cols: usize, out: Region, threads: usize) {
+        assert_eq!(out.len, cols, "col_sum output size");
+        self.with_out(out, |bufs, out| {
+            let m = Self::view(bufs, m);
+            let threads = if m.len() >= 2 * pool::CHUNK {
+                threads
+            } else {
+                1
+            };
+            let out = pool::SharedMut::new(out);
+            pool::for_each_range(threads, cols, COL_SUM_COLUMNS, &|r| {
+                // SAFETY: the ranges of one for_each_range are disjoint.
+                let out = unsafe { out.part(r.clone()) };
+                out.fill(T::zero());
+                for row in m.chunks_exact(cols) {
+                    for (o, &x) in out.iter_mut().zip(&row[r.clone()]) {
+                        *o += x;
+                    }
+                }
+            });
+        });
+    }
+
     fn with_out<R>(&mut self, out: Region, f: impl FnOnce(&[Vec<T>], &mut [T]) -> R) -> R {
         let mut taken = std::mem::take(&mut self.bufs[out.buf.0]);
         let result = f(&self.bufs, &mut taken[out.offset..out.offset + out.len]);
@@ -192,6 +218,9 @@ fn our_gemm<T: 'static>() -> Option<sgemm::Isa> {
         .then(sgemm::isa)
         .flatten()
 }
+
+/// Columns per part of a `col_sum` split across threads (four cache lines of f32).
+const COL_SUM_COLUMNS: usize = 64;
 
 /// Products a `gemm_pair` may run side by side, one per thread, in multiply-adds: from about 3 µs of one core
 /// (below, waking a helper costs more than half the pair) to the mnist workload's 256×64×256 products (4.2 M);
@@ -497,15 +526,7 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     // m is (rows, cols), out is (cols). Twin of `col_sum` in kernels/reduce.cu.
     fn col_sum(&mut self, m: Region, cols: usize, out: Region) -> Result<()> {
-        assert_eq!(out.len, cols, "col_sum output size");
-        self.with_out(out, |bufs, out| {
-            out.fill(T::zero());
-            for row in Self::view(bufs, m).chunks_exact(cols) {
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o += x;
-                }
-            }
-        });
+        self.col_sum_on(m, cols, out, gemm_threads());
         Ok(())
     }
 
@@ -723,6 +744,27 @@ mod tests {
         let b = values(be, g.k * g.n, seed + 1);
         let c = values(be, g.m * g.n, seed + 2);
         (g, a, b, c)
+    }
+
+    /// Column sums split across threads are the sums of each column's rows in row order, as on one thread.
+    #[test]
+    fn col_sum_split_across_threads_sums_each_column_in_row_order() {
+        let mut be = CpuBackend::<f32>::new();
+        for (rows, cols) in [(256, 784), (300, 130), (3, 5)] {
+            let m = values(&mut be, rows * cols, 7);
+            let out = Region::whole(be.alloc(cols).unwrap(), cols);
+            be.col_sum_on(m, cols, out, 2);
+            let mut host = vec![0.0f32; rows * cols];
+            be.download(m, &mut host).unwrap();
+            let mut want = vec![0.0f32; cols];
+            for row in host.chunks_exact(cols) {
+                for (w, &x) in want.iter_mut().zip(row) {
+                    *w += x;
+                }
+            }
+            let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(read(&mut be, out), want, "{rows}×{cols}");
+        }
     }
 
     /// A pair run side by side on two threads gives the bits of the two run in turn; a pair that is too
