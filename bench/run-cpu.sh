@@ -9,6 +9,8 @@
 #
 #   bench/run-cpu.sh [ROUNDS]            (default 3)
 #   PYTHON=/path/to/venv/bin/python bench/run-cpu.sh
+#   WORKLOAD=mnist bench/run-cpu.sh 11   one workload only (more rounds in the same time, for a ratio that
+#                                        a shared machine's slow minutes move)
 #   ISA=avx2 bench/run-cpu.sh            every side capped to AVX2 (tiedae TIEDAE_CPU_ISA=avx2, Keras's oneDNN
 #                                        ONEDNN_MAX_CPU_ISA=AVX2, PyTorch ATEN_CPU_CAPABILITY=avx2, OpenBLAS
 #                                        OPENBLAS_CORETYPE=Haswell): what a CPU without AVX-512 (most
@@ -32,6 +34,11 @@ case "$ISA" in
   *) echo "run-cpu.sh: ISA=$ISA is not avx2 (or empty: every side at its widest)" >&2; exit 1 ;;
 esac
 TIEDAE=${TIEDAE:-target/release/tiedae}
+WORKLOAD=${WORKLOAD:-all}
+case "$WORKLOAD" in
+  all | seed | digits | mnist) ;;
+  *) echo "run-cpu.sh: WORKLOAD=$WORKLOAD is not seed, digits, mnist or all" >&2; exit 1 ;;
+esac
 
 if [ "$TIEDAE" = target/release/tiedae ]; then
   cargo build --release --quiet
@@ -46,7 +53,9 @@ model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/([^)]*)//g' 
 machine="${model:-cpu}-$(nproc)c"
 date=$(date -u +%F)
 mkdir -p bench/results
-stem="bench/results/cpu-$machine-$date${ISA:+-$ISA}"
+only=""
+[ "$WORKLOAD" != all ] && only="-$WORKLOAD"
+stem="bench/results/cpu-$machine-$date${ISA:+-$ISA}$only"
 # A second run on the same day keeps the first: the new files get the time as well.
 [ -e "$stem.jsonl" ] && stem="$stem-$(date -u +%H%M)"
 out="$stem.jsonl"
@@ -64,14 +73,15 @@ tag() { sed "s/^{/{\"round\": $1, /" | grep '^{' | tee -a "$out"; }
 
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-  "$TIEDAE" bench --device cpu --json | tag "$r"
+  "$TIEDAE" bench --device cpu --workload "$WORKLOAD" --json | tag "$r"
   # The step's GEMMs alone: the ceiling any step built on our GEMM can reach (the summary's "bound" rows).
-  "$TIEDAE" bench --device cpu --step-gemms --json | tag "$r"
-  TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" bench/keras_reference.py 2>/dev/null | tag "$r"
+  "$TIEDAE" bench --device cpu --workload "$WORKLOAD" --step-gemms --json | tag "$r"
+  TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" bench/keras_reference.py --workload "$WORKLOAD" 2>/dev/null | tag "$r"
   # Keras with XLA (jit_compile=True; Keras leaves it off on a CPU-only machine): for reference, no goal.
-  TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" bench/keras_reference.py --jit-compile 2>/dev/null | tag "$r"
+  TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" bench/keras_reference.py --workload "$WORKLOAD" --jit-compile 2>/dev/null |
+    tag "$r"
   if "$PYTHON" -c 'import torch' 2>/dev/null; then # optional: PyTorch eager on the CPU, for reference
-    "$PYTHON" bench/torch_reference.py --device cpu --variants eager 2>/dev/null | tag "$r"
+    "$PYTHON" bench/torch_reference.py --device cpu --workload "$WORKLOAD" --variants eager 2>/dev/null | tag "$r"
   fi
   if [ "$ISA" = avx2 ]; then
     env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=Haswell "$PYTHON" bench/numpy_sgemm.py --sizes 1024 | tag "$r"
