@@ -161,7 +161,6 @@ impl<T: Real> CpuBackend<T> {
         Ok(true)
     }
 
-    /// Runs `f` with `out` as a mutable slice and every other buffer readable.
     /// [`Backend::col_sum`] on at most `threads` threads: ranges of columns, each summed over all rows in
     /// row order (the same sums however the columns are split; each thread's reads a cache line or more
     /// wide), split only when there is enough work.
@@ -188,6 +187,7 @@ impl<T: Real> CpuBackend<T> {
         });
     }
 
+    /// Runs `f` with `out` as a mutable slice and every other buffer readable.
     fn with_out<R>(&mut self, out: Region, f: impl FnOnce(&[Vec<T>], &mut [T]) -> R) -> R {
         let mut taken = std::mem::take(&mut self.bufs[out.buf.0]);
         let result = f(&self.bufs, &mut taken[out.offset..out.offset + out.len]);
