@@ -304,19 +304,19 @@ unsafe fn split(threads: usize, o: &Operands) {
                 }
                 let tiles = block * tall..((block + 1) * tall).min(row_tiles);
                 // SAFETY: blocks write disjoint rows of C; every shared panel is packed (above).
-                unsafe { gemm_block(last, tiles, 0..shared) };
+                unsafe { gemm_block(last, tiles) };
             }
         });
     });
 }
 
-/// The tiles `tiles` (of MR rows) × panels `cols` (of NR columns) of C, over all of k, from op(B) packed whole
-/// (`o.b_packed`) and op(A) packed whole or read in place. Each element of C is summed exactly as
+/// The tiles `tiles` (of MR rows) of C, all its columns, over all of k, from op(B) packed whole (`o.b_packed`)
+/// and op(A) packed whole or read in place. Each element of C is summed exactly as
 /// [`gemm_serial`] sums it.
 ///
 /// # Safety
 /// `o` must satisfy `sgemm`'s contract with `b_packed` set, and the block be inside C.
-unsafe fn gemm_block(o: &Operands, tiles: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+unsafe fn gemm_block(o: &Operands, tiles: std::ops::Range<usize>) {
     let kc_max = kc_for(o.isa);
     PACK.with(|cell| {
         let mut guard = cell.borrow_mut();
@@ -354,7 +354,7 @@ unsafe fn gemm_block(o: &Operands, tiles: std::ops::Range<usize>, cols: std::ops
                     };
                     (apack.as_ptr(), 1, MR as isize)
                 };
-                for panel in cols.clone() {
+                for panel in 0..o.n.div_ceil(NR) {
                     let j0 = panel * NR;
                     // SAFETY: the tile (i0.., j0..) of mr × nr is inside C (caller); A has MR readable rows of
                     // kc, the packed panel kc·NR values.
