@@ -128,8 +128,9 @@ impl Workload {
     }
 
     /// The GEMMs of one training step, in the order `train::Network` runs them (keep the two in step):
-    /// forward encoder x·W_i and decoder g·W_iᵀ; backward, per decoder layer dW_i = dzᵀ·g (β = 0) and dz·W_i,
-    /// per encoder layer dW_i += hᵀ·dz (β = 1) and, except for the first layer, dz·W_iᵀ.
+    /// forward encoder x·W_i and decoder g·W_iᵀ; backward, per decoder layer dz·W_i, then per encoder layer
+    /// the tied gradient dW_i = [h; dz_dec]ᵀ·[dz_enc; g] (depth 2·batch) and, except for the first layer,
+    /// dz·W_iᵀ.
     pub fn step_gemms(&self) -> Vec<Gemm> {
         let (b, w, depth) = (self.batch_size, &self.widths, self.widths.len() - 1);
         let mut v = Vec::new();
@@ -140,11 +141,10 @@ impl Workload {
             v.push(Gemm::new(Trans::N, Trans::T, b, w[i], w[i + 1]));
         }
         for i in 0..depth {
-            v.push(Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], b));
             v.push(Gemm::new(Trans::N, Trans::N, b, w[i + 1], w[i]));
         }
         for i in (0..depth).rev() {
-            v.push(Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], b).accumulate());
+            v.push(Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], 2 * b));
             if i > 0 {
                 v.push(Gemm::new(Trans::N, Trans::T, b, w[i], w[i + 1]));
             }
@@ -819,8 +819,10 @@ mod tests {
             let first_input_gradient = 2.0 * (w.batch_size * w.widths[0] * w.widths[1]) as f64;
             let per_step = w.flops_per_sample() * w.batch_size as f64;
             assert_eq!(counted, per_step - first_input_gradient, "{}", w.name);
+            // Per layer: two forward products, the decoder's input gradient, the tied gradient (one product
+            // for both uses) and the encoder's input gradient, which the first layer does not need.
             let depth = w.widths.len() - 1;
-            assert_eq!(w.step_gemms().len(), 6 * depth - 1, "{}", w.name);
+            assert_eq!(w.step_gemms().len(), 5 * depth - 1, "{}", w.name);
         }
     }
 

@@ -199,7 +199,9 @@ fn gemm_matches_cpu_in_all_four_transpose_combinations() {
 }
 
 /// The tied use of one kernel W (d_in × d_out): encoder X·W, decoder H·Wᵀ, and dW = dZ_decᵀ·H + Xᵀ·dZ_enc,
-/// the second GEMM accumulating into the first with beta = 1. Returns [X·W, H·Wᵀ, dW].
+/// the second GEMM accumulating into the first with beta = 1, and as the training step computes it: one
+/// product of depth 2·batch, [X; dZ_dec]ᵀ·[dZ_enc; H], each stacked pair in one buffer. Returns [X·W, H·Wᵀ,
+/// dW, dW stacked].
 fn tied_on<B: Backend<Scalar = f32>>(be: &mut B, dims: (usize, usize, usize)) -> Vec<Vec<f32>> {
     let (batch, d_in, d_out) = dims;
     let gemm = |trans_a, trans_b, m, n, k, beta| Gemm {
@@ -239,10 +241,35 @@ fn tied_on<B: Backend<Scalar = f32>>(be: &mut B, dims: (usize, usize, usize)) ->
         dw,
     )
     .unwrap();
+    let stack_in = put(
+        be,
+        &[
+            values(10, batch * d_in, -1.0, 1.0),
+            values(12, batch * d_in, -1.0, 1.0),
+        ]
+        .concat(),
+    );
+    let stack_out = put(
+        be,
+        &[
+            values(14, batch * d_out, -1.0, 1.0),
+            values(13, batch * d_out, -1.0, 1.0),
+        ]
+        .concat(),
+    );
+    let dw_stacked = nans(be, d_in * d_out);
+    be.gemm(
+        gemm(Trans::T, Trans::N, d_in, d_out, 2 * batch, 0.0),
+        stack_in,
+        stack_out,
+        dw_stacked,
+    )
+    .unwrap();
     vec![
         take(be, xw, "X·W"),
         take(be, hwt, "H·Wᵀ"),
         take(be, dw, "dW"),
+        take(be, dw_stacked, "dW stacked"),
     ]
 }
 
@@ -254,12 +281,14 @@ fn gemm_tied_kernel_both_orientations_accumulate() {
     let dims = (33, 70, 9);
     let want = tied_on(&mut cpu(), dims);
     let got = tied_on(&mut gpu, dims);
-    for (name, (g, w)) in ["X·W", "H·Wᵀ", "dW (both uses)"]
+    for (name, (g, w)) in ["X·W", "H·Wᵀ", "dW (both uses)", "dW (one stacked product)"]
         .iter()
         .zip(got.iter().zip(&want))
     {
         assert_close(name, g, w, 2e-4, 1e-5);
     }
+    // The stacked product is the same sum as the two (the CPU's, reference against reference).
+    assert_close("dW stacked vs two products", &want[3], &want[2], 2e-4, 1e-5);
 }
 
 /// The forward pass's fused GEMM + bias + activation: on the GPU it equals `gemm` then `bias_act` bit for bit

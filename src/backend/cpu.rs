@@ -2,8 +2,9 @@
 //! Generic over the scalar so that gradient checks can run the very same step in f64.
 //!
 //! Buffers are plain `Vec`s. An op takes its output buffer out of the arena for the duration of the call
-//! (`std::mem::take`, no allocation), which lets it read the other buffers at the same time; the trait's
-//! rule that outputs never overlap inputs makes this sound.
+//! (`std::mem::take`, no allocation), which lets it read the other buffers at the same time, and the rest of
+//! the output's own buffer through [`Reads`]: the trait's rule that outputs never overlap inputs makes this
+//! sound. (The training step keeps pairs of tensors in one buffer: see `train/mod.rs`.)
 
 use super::{
     AdamConfig, Backend, BufId, Gemm, GemmArgs, HalfFormat, HalfId, IdxId, IdxRegion, Real, Region,
@@ -124,15 +125,20 @@ impl<T: Real> CpuBackend<T> {
     fn gemm_pair_on(&mut self, first: GemmArgs, second: GemmArgs, threads: usize) -> Result<bool> {
         let small =
             |(g, ..): &GemmArgs| (PAIR_MIN_MACS..=PAIR_MAX_MACS).contains(&(g.m * g.n * g.k));
-        let uses =
-            |(_, a, b, c): &GemmArgs, buf: BufId| a.buf == buf || b.buf == buf || c.buf == buf;
         let (c1, c2) = (first.3, second.3);
+        // Both outputs leave the arena for the call, so no input may live in either output's buffer.
+        let reads_outputs = |(_, a, b, _): &GemmArgs| {
+            [a.buf, b.buf]
+                .iter()
+                .any(|&buf| buf == c1.buf || buf == c2.buf)
+        };
         let side_by_side = threads >= 2
             && pairs_side_by_side::<T>()
             && small(&first)
             && small(&second)
-            && !uses(&second, c1.buf)
-            && !uses(&first, c2.buf);
+            && c1.buf != c2.buf
+            && !reads_outputs(&first)
+            && !reads_outputs(&second);
         if !side_by_side {
             self.gemm(first.0, first.1, first.2, first.3)?;
             self.gemm(second.0, second.1, second.2, second.3)?;
@@ -167,7 +173,7 @@ impl<T: Real> CpuBackend<T> {
     fn col_sum_on(&mut self, m: Region, cols: usize, out: Region, threads: usize) {
         assert_eq!(out.len, cols, "col_sum output size");
         self.with_out(out, |bufs, out| {
-            let m = Self::view(bufs, m);
+            let m = bufs.view(m);
             let threads = if m.len() >= 2 * pool::CHUNK {
                 threads
             } else {
@@ -187,13 +193,57 @@ impl<T: Real> CpuBackend<T> {
         });
     }
 
-    /// Runs `f` with `out` as a mutable slice and every other buffer readable.
-    fn with_out<R>(&mut self, out: Region, f: impl FnOnce(&[Vec<T>], &mut [T]) -> R) -> R {
-        let mut taken = std::mem::take(&mut self.bufs[out.buf.0]);
-        let result = f(&self.bufs, &mut taken[out.offset..out.offset + out.len]);
-        self.bufs[out.buf.0] = taken;
-        result
+    /// Runs `f` with `out` as a mutable slice and every other region readable.
+    fn with_out<R>(&mut self, out: Region, f: impl FnOnce(&Reads<T>, &mut [T]) -> R) -> R {
+        with_out(&mut self.bufs, out, f)
     }
+}
+
+/// The arena while one region of it is written: every other region can be read, also those in the output's
+/// own buffer.
+struct Reads<'a, T> {
+    /// The arena, with the output's buffer taken out (empty).
+    bufs: &'a [Vec<T>],
+    out: Region,
+    /// The output's buffer before and after the output.
+    before: &'a [T],
+    after: &'a [T],
+}
+
+impl<'a, T> Reads<'a, T> {
+    /// Input region `r`. Panics when it overlaps the output, which the trait rules out.
+    fn view(&self, r: Region) -> &'a [T] {
+        let end = r.offset + r.len;
+        if r.buf != self.out.buf || r.len == 0 {
+            return &self.bufs[r.buf.0][r.offset..end];
+        }
+        let out_end = self.out.offset + self.out.len;
+        if end <= self.out.offset {
+            &self.before[r.offset..end]
+        } else if r.offset >= out_end {
+            &self.after[r.offset - out_end..end - out_end]
+        } else {
+            panic!("input {r:?} overlaps output {:?}", self.out)
+        }
+    }
+}
+
+/// Runs `f` with `out` as a mutable slice and every other region of `bufs` readable.
+fn with_out<T, R>(bufs: &mut [Vec<T>], out: Region, f: impl FnOnce(&Reads<T>, &mut [T]) -> R) -> R {
+    let mut taken = std::mem::take(&mut bufs[out.buf.0]);
+    let (before, rest) = taken.split_at_mut(out.offset);
+    let (out_slice, after) = rest.split_at_mut(out.len);
+    let result = f(
+        &Reads {
+            bufs,
+            out,
+            before,
+            after,
+        },
+        out_slice,
+    );
+    bufs[out.buf.0] = taken;
+    result
 }
 
 /// Number of threads the CPU GEMM uses: `MATMUL_NUM_THREADS` (which `main` defaults to every core; matrixmultiply
@@ -223,7 +273,8 @@ fn our_gemm<T: 'static>() -> Option<sgemm::Isa> {
 const COL_SUM_COLUMNS: usize = 64;
 
 /// Products a `gemm_pair` may run side by side, one per thread, in multiply-adds: from about 3 µs of one core
-/// (below, waking a helper costs more than half the pair) to the mnist workload's 256×64×256 products (4.2 M);
+/// (below, waking a helper costs more than half the pair) to the mnist workload's 256↔64 layer (its tied
+/// gradient, 256×64×512, 8.4 M, with a 256×256×64 product);
 /// larger ones run faster split across the threads, one after the other.
 const PAIR_MIN_MACS: usize = 1 << 18;
 const PAIR_MAX_MACS: usize = 1 << 24;
@@ -379,21 +430,21 @@ impl<T: Real> Backend for CpuBackend<T> {
             return Ok(());
         }
         let rows = &self.indices[idx.buf.0][idx.offset..idx.offset + idx.len];
-        let mut taken = std::mem::take(&mut self.bufs[out.buf.0]);
-        let src = Self::view(&self.bufs, data);
-        // A large batch is copied by every thread of the pool, a chunk of rows each (cpu/pool.rs).
-        let dst = pool::SharedMut::new(&mut taken[out.offset..out.offset + out.len]);
-        // Rows are read from random places: latency-bound, so small chunks (both threads wait on misses).
-        let chunk_rows = (pool::CHUNK / 4 / cols).max(8);
-        pool::for_each_range(gemm_threads(), rows.len(), chunk_rows, &|r| {
-            // SAFETY: the ranges of one for_each_range are disjoint.
-            let dst = unsafe { dst.part(r.start * cols..r.end * cols) };
-            for (dst_row, &r) in dst.chunks_exact_mut(cols).zip(&rows[r]) {
-                let start = r as usize * cols;
-                dst_row.copy_from_slice(&src[start..start + cols]);
-            }
+        with_out(&mut self.bufs, out, |bufs, dst| {
+            let src = bufs.view(data);
+            // A large batch is copied by every thread of the pool, a chunk of rows each (cpu/pool.rs).
+            let dst = pool::SharedMut::new(dst);
+            // Rows are read from random places: latency-bound, so small chunks (both threads wait on misses).
+            let chunk_rows = (pool::CHUNK / 4 / cols).max(8);
+            pool::for_each_range(gemm_threads(), rows.len(), chunk_rows, &|r| {
+                // SAFETY: the ranges of one for_each_range are disjoint.
+                let dst = unsafe { dst.part(r.start * cols..r.end * cols) };
+                for (dst_row, &r) in dst.chunks_exact_mut(cols).zip(&rows[r]) {
+                    let start = r as usize * cols;
+                    dst_row.copy_from_slice(&src[start..start + cols]);
+                }
+            });
         });
-        self.bufs[out.buf.0] = taken;
         Ok(())
     }
 
@@ -402,13 +453,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()> {
         check_gemm_sizes(g, a, b, c);
         self.with_out(c, |bufs, c_out| {
-            Self::gemm_slices(
-                g,
-                Self::view(bufs, a),
-                Self::view(bufs, b),
-                c_out,
-                gemm_threads(),
-            )
+            Self::gemm_slices(g, bufs.view(a), bufs.view(b), c_out, gemm_threads())
         });
         Ok(())
     }
@@ -428,7 +473,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             return Ok(());
         }
         self.with_out(z, |bufs, z| {
-            let bias = Self::view(bufs, bias);
+            let bias = bufs.view(bias);
             let rows = z.len() / cols;
             let z = pool::SharedMut::new(z);
             // Chunks of rows, on every thread of the pool for a large batch (cpu/pool.rs).
@@ -461,7 +506,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             return Ok(());
         }
         self.with_out(grad, |bufs, grad| {
-            let y = Self::view(bufs, y);
+            let y = bufs.view(y);
             let len = grad.len();
             let grad = pool::SharedMut::new(grad);
             pool::for_each_range(gemm_threads(), len, pool::CHUNK, &|r| {
@@ -491,7 +536,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         assert!(pred.len == target.len && pred.len == grad.len, "mse sizes");
         let scale = T::from_f64(2.0 / count as f64);
         let sum = self.with_out(grad, |bufs, grad| {
-            let (pred, target) = (Self::view(bufs, pred), Self::view(bufs, target));
+            let (pred, target) = (bufs.view(pred), bufs.view(target));
             let len = grad.len();
             let grad = pool::SharedMut::new(grad);
             // At most PARTS chunks (of at least pool::CHUNK), whose sums are added in chunk order: the loss does
@@ -534,9 +579,14 @@ impl<T: Real> Backend for CpuBackend<T> {
     // kernels/optim.cu. Written as Keras writes it so float rounding matches: v = −(g·lr) + v·momentum.
     fn sgd_step(&mut self, w: Region, g: Region, v: Region, lr: f32, momentum: f32) -> Result<()> {
         let (lr, momentum) = (T::from_f32(lr), T::from_f32(momentum));
+        // v leaves the arena for the call (as w does in with_out): it needs a buffer of its own.
+        assert!(
+            v.buf != w.buf && v.buf != g.buf,
+            "sgd_step: v shares a buffer with w or g"
+        );
         let mut vel = std::mem::take(&mut self.bufs[v.buf.0]);
         self.with_out(w, |bufs, w| {
-            let g = Self::view(bufs, g);
+            let g = bufs.view(g);
             let len = w.len();
             let (w, vel) = (
                 pool::SharedMut::new(w),
@@ -576,10 +626,15 @@ impl<T: Real> Backend for CpuBackend<T> {
         let one_minus_b1 = T::one() - T::from_f32(s.beta1);
         let one_minus_b2 = T::one() - T::from_f32(s.beta2);
         let eps = T::from_f32(s.epsilon);
+        // m and v leave the arena for the call (as w does in with_out): each needs a buffer of its own.
+        assert!(
+            m.buf != v.buf && [w.buf, g.buf].iter().all(|&b| b != m.buf && b != v.buf),
+            "adam_step: m or v shares a buffer with another operand"
+        );
         let mut mom = std::mem::take(&mut self.bufs[m.buf.0]);
         let mut var = std::mem::take(&mut self.bufs[v.buf.0]);
         self.with_out(w, |bufs, w| {
-            let g = Self::view(bufs, g);
+            let g = bufs.view(g);
             let len = w.len();
             let (w, ms, vs) = (
                 pool::SharedMut::new(w),
@@ -691,7 +746,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         );
         let rows = m.len / cols;
         self.with_out(out, |bufs, out| {
-            let m = Self::view(bufs, m);
+            let m = bufs.view(m);
             for j in 0..cols {
                 let sum: f64 = m[j..].iter().step_by(cols).map(|&v| v.to_f64()).sum();
                 let mean = T::from_f64(sum / rows as f64);
@@ -746,6 +801,76 @@ mod tests {
         (g, a, b, c)
     }
 
+    /// An op reads inputs that live in its output's own buffer, before and after the output (the training
+    /// step keeps pairs of tensors in one buffer), and gets the bits it gets from separate buffers.
+    #[test]
+    fn inputs_in_the_output_buffer_are_read_around_the_output() {
+        let g = Gemm::new(Trans::T, Trans::N, 7, 5, 6).accumulate();
+        let (a_len, b_len, c_len) = (g.k * g.m, g.k * g.n, g.m * g.n);
+        let mut apart = CpuBackend::<f32>::new();
+        let (_, a, b, c) = operands(&mut apart, g, 3);
+        // One buffer: [a | c | b], filled with the same values.
+        let mut shared = CpuBackend::<f32>::new();
+        let whole = Region::whole(
+            shared.alloc(a_len + c_len + b_len).unwrap(),
+            a_len + c_len + b_len,
+        );
+        let (sa, sc, sb) = (
+            whole.sub(0, a_len),
+            whole.sub(a_len, c_len),
+            whole.sub(a_len + c_len, b_len),
+        );
+        for (from, to) in [(a, sa), (b, sb), (c, sc)] {
+            let mut host = vec![0.0f32; from.len];
+            apart.download(from, &mut host).unwrap();
+            shared.upload(to, &host).unwrap();
+        }
+        apart.gemm(g, a, b, c).unwrap();
+        shared.gemm(g, sa, sb, sc).unwrap();
+        assert_eq!(read(&mut shared, sc), read(&mut apart, c), "gemm");
+        // mse_backward: the target before the gradient in one buffer, against separate buffers.
+        let (target, grad) = (sa.sub(0, 30), sb.sub(0, 30));
+        let (pred, loss) = (values(&mut shared, 30, 9), values(&mut shared, 1, 0));
+        shared
+            .mse_backward(pred, target, Activation::Tanh, 30, grad, loss)
+            .unwrap();
+        let (apart_target, apart_grad) = (values(&mut apart, 30, 0), values(&mut apart, 30, 0));
+        let mut host = vec![0.0f32; 30];
+        shared.download(target, &mut host).unwrap();
+        apart.upload(apart_target, &host).unwrap();
+        let (apart_pred, apart_loss) = (values(&mut apart, 30, 9), values(&mut apart, 1, 0));
+        apart
+            .mse_backward(
+                apart_pred,
+                apart_target,
+                Activation::Tanh,
+                30,
+                apart_grad,
+                apart_loss,
+            )
+            .unwrap();
+        assert_eq!(
+            read(&mut shared, grad),
+            read(&mut apart, apart_grad),
+            "mse gradient"
+        );
+        assert_eq!(
+            read(&mut shared, loss),
+            read(&mut apart, apart_loss),
+            "mse loss"
+        );
+    }
+
+    /// An input that overlaps the output is refused (the trait rules it out), not read half-written.
+    #[test]
+    #[should_panic(expected = "overlaps output")]
+    fn an_input_overlapping_the_output_panics() {
+        let mut be = CpuBackend::<f32>::new();
+        let r = values(&mut be, 12, 1);
+        be.act_backward(r.sub(0, 8), r.sub(4, 8), Activation::Tanh)
+            .unwrap();
+    }
+
     /// Column sums split across threads are the sums of each column's rows in row order, as on one thread.
     #[test]
     fn col_sum_split_across_threads_sums_each_column_in_row_order() {
@@ -774,18 +899,20 @@ mod tests {
         let (n, t) = (Trans::N, Trans::T);
         // (first, second, expected side by side): the backward pass's pairs of the workloads.
         let cases = [
-            // mnist's 256↔64 layer: dW = dzᵀ·g with dg = dz·W, then dW += hᵀ·dz with dh = dz·Wᵀ.
+            // mnist's 256↔64 layer: the tied gradient [h; dz_dec]ᵀ·[dz_enc; g] (depth 2·256) with
+            // dh = dz·Wᵀ.
             (
-                Gemm::new(t, n, 256, 64, 256),
-                Gemm::new(n, n, 256, 64, 256),
-                true,
-            ),
-            (
-                Gemm::new(t, n, 256, 64, 256).accumulate(),
+                Gemm::new(t, n, 256, 64, 512),
                 Gemm::new(n, t, 256, 256, 64),
                 true,
             ),
-            // digits' 64↔32 layer, and an odd shape with a scaled product.
+            // The same shapes at depth 256, with β = 1 and the other orientations; a smaller pair, and an odd
+            // shape with a scaled product.
+            (
+                Gemm::new(t, n, 256, 64, 256).accumulate(),
+                Gemm::new(n, n, 256, 64, 256),
+                true,
+            ),
             (
                 Gemm::new(t, n, 64, 32, 256),
                 Gemm::new(n, n, 256, 32, 64),
@@ -798,13 +925,13 @@ mod tests {
             ),
             // Too small (digits' 32↔8 layer) and too large (mnist's 784↔256 layer): in turn.
             (
-                Gemm::new(t, n, 32, 8, 256),
-                Gemm::new(n, n, 256, 8, 32),
+                Gemm::new(t, n, 32, 8, 512),
+                Gemm::new(n, t, 256, 32, 8),
                 false,
             ),
             (
-                Gemm::new(t, n, 784, 256, 256),
-                Gemm::new(n, n, 256, 256, 784),
+                Gemm::new(t, n, 784, 256, 512),
+                Gemm::new(n, t, 256, 784, 256),
                 false,
             ),
         ];

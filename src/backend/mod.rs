@@ -373,10 +373,10 @@ pub trait Backend {
     ) -> Result<()>;
     /// m is (rows, cols), out is (cols): `out[j] = Σ_r m[r, j]` (overwritten).
     fn col_sum(&mut self, m: Region, cols: usize, out: Region) -> Result<()>;
-    /// Keras SGD over a flat buffer: `v = momentum·v − lr·g; w += v`.
+    /// Keras SGD over a flat buffer: `v = momentum·v − lr·g; w += v`. v is in a buffer of its own.
     fn sgd_step(&mut self, w: Region, g: Region, v: Region, lr: f32, momentum: f32) -> Result<()>;
     /// Keras Adam over a flat buffer; see [`AdamConfig`]. `alpha` is (1): this step's alpha, in a buffer
-    /// other than the other four's.
+    /// other than the other four's. m and v are each in a buffer of its own.
     fn adam_step(
         &mut self,
         w: Region,

@@ -166,7 +166,7 @@ impl<B: Backend> Network<B> {
         if c.uncorrelated != 0.0 && n > 1 {
             self.forward(super::DataSet::Train, start, n)?;
             let k = self.spec.code_width();
-            let codes = self.enc_out[self.spec.depth() - 1].prefix(n * k);
+            let codes = self.h(self.spec.depth(), n);
             let codes = self.download_f64(codes)?;
             total += c.uncorrelated as f64 * offdiagonal_covariance_sq(&codes, n, k);
         }
