@@ -183,11 +183,13 @@ impl<T: Real> CpuBackend<T> {
             pool::for_each_range(threads, cols, COL_SUM_COLUMNS, &|r| {
                 // SAFETY: the ranges of one for_each_range are disjoint.
                 let out = unsafe { out.part(r.clone()) };
-                out.fill(T::zero());
-                for row in m.chunks_exact(cols) {
-                    for (o, &x) in out.iter_mut().zip(&row[r.clone()]) {
-                        *o += x;
+                // f32: the loop compiled for the widest vectors this CPU has (cpu/fast_math.rs).
+                match as_f32(m) {
+                    Some(m) => {
+                        let out = as_f32_mut(out).expect("T is f32, as m is");
+                        fast_math::col_sum(m, cols, r.start, out)
                     }
+                    None => fast_math::col_sum_generic(m, cols, r.start, out),
                 }
             });
         });
@@ -483,16 +485,18 @@ impl<T: Real> Backend for CpuBackend<T> {
                 let (act, cols) = (act, cols);
                 // SAFETY: the ranges of one for_each_range are disjoint.
                 let z = unsafe { z.part(r.start * cols..r.end * cols) };
-                // f32 tanh: a vectorized loop instead of one libm call per element (cpu/fast_math.rs).
-                if act == Activation::Tanh {
-                    if let (Some(z), Some(bias)) = (as_f32_mut(z), as_f32(bias)) {
-                        return fast_math::bias_tanh(z, cols, bias);
+                // f32: loops compiled for the widest vectors this CPU has, and for tanh one without a libm
+                // call per element (cpu/fast_math.rs).
+                match as_f32(bias) {
+                    Some(bias) => {
+                        let z = as_f32_mut(z).expect("T is f32, as bias is");
+                        if act == Activation::Tanh {
+                            fast_math::bias_tanh(z, cols, bias)
+                        } else {
+                            fast_math::bias_act(z, cols, bias, act)
+                        }
                     }
-                }
-                for row in z.chunks_exact_mut(cols) {
-                    for (x, &b) in row.iter_mut().zip(bias) {
-                        *x = act.forward(*x + b);
-                    }
+                    None => fast_math::bias_act_generic(z, cols, bias, act),
                 }
             });
         });
@@ -515,8 +519,14 @@ impl<T: Real> Backend for CpuBackend<T> {
                 let act = act;
                 // SAFETY: the ranges of one for_each_range are disjoint.
                 let grad = unsafe { grad.part(r.clone()) };
-                for (g, &y) in grad.iter_mut().zip(&y[r]) {
-                    *g *= act.grad_from_output(y);
+                let y = &y[r];
+                // f32: the loop compiled for the widest vectors this CPU has (cpu/fast_math.rs).
+                match as_f32(y) {
+                    Some(y) => {
+                        let grad = as_f32_mut(grad).expect("T is f32, as y is");
+                        fast_math::act_backward(grad, y, act)
+                    }
+                    None => fast_math::act_backward_generic(grad, y, act),
                 }
             });
         });

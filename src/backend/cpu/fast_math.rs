@@ -131,6 +131,88 @@ fn adam_generic(
 }
 
 widest_vectors! {
+    /// `z = f(z + bias)` in f32 (tanh: [`bias_tanh`]): see [`bias_act_generic`].
+    bias_act => bias_act_generic(z: &mut [f32], cols: usize, bias: &[f32], act: Activation)
+}
+
+/// z is (rows, cols), bias is (cols): `z = f(z + bias)` in place with [`Activation::forward`]: one loop per
+/// activation, so none branches on it per element.
+#[inline(always)]
+pub fn bias_act_generic<T: Real>(z: &mut [T], cols: usize, bias: &[T], act: Activation) {
+    #[inline(always)]
+    fn with<T: Real>(z: &mut [T], cols: usize, bias: &[T], f: impl Fn(T) -> T) {
+        for row in z.chunks_exact_mut(cols) {
+            for (x, &b) in row.iter_mut().zip(bias) {
+                *x = f(*x + b);
+            }
+        }
+    }
+    match act {
+        Activation::Linear => with(z, cols, bias, |x| Activation::Linear.forward(x)),
+        Activation::Relu => with(z, cols, bias, |x| Activation::Relu.forward(x)),
+        Activation::Tanh => with(z, cols, bias, |x| Activation::Tanh.forward(x)),
+        Activation::Sigmoid => with(z, cols, bias, |x| Activation::Sigmoid.forward(x)),
+    }
+}
+
+widest_vectors! {
+    /// `grad *= f'(y)` in f32: see [`act_backward_generic`].
+    act_backward => act_backward_generic(grad: &mut [f32], y: &[f32], act: Activation)
+}
+
+/// grad and y are (n): `grad *= f'(y)` with [`Activation::grad_from_output`], one loop per activation.
+#[inline(always)]
+pub fn act_backward_generic<T: Real>(grad: &mut [T], y: &[T], act: Activation) {
+    #[inline(always)]
+    fn with<T: Real>(grad: &mut [T], y: &[T], f: impl Fn(T) -> T) {
+        for (g, &y) in grad.iter_mut().zip(y) {
+            *g *= f(y);
+        }
+    }
+    match act {
+        Activation::Linear => with(grad, y, |y| Activation::Linear.grad_from_output(y)),
+        Activation::Relu => with(grad, y, |y| Activation::Relu.grad_from_output(y)),
+        Activation::Tanh => with(grad, y, |y| Activation::Tanh.grad_from_output(y)),
+        Activation::Sigmoid => with(grad, y, |y| Activation::Sigmoid.grad_from_output(y)),
+    }
+}
+
+widest_vectors! {
+    /// Column sums of f32: see [`col_sum_generic`].
+    col_sum => col_sum_generic(m: &[f32], cols: usize, first: usize, out: &mut [f32])
+}
+
+/// m is (rows, cols): `out[j] = Σ_r m[r, first + j]` for the columns first..first + out.len(), each summed
+/// over the rows in row order (so the same bits as one running sum per column, from zero). Blocks of 64
+/// columns are summed in registers (four zmm, or eight ymm), with one store per block instead of one per row.
+#[inline(always)]
+pub fn col_sum_generic<T: Real>(m: &[T], cols: usize, first: usize, out: &mut [T]) {
+    const BLOCK: usize = 64;
+    assert!(first + out.len() <= cols, "col_sum columns out of range");
+    let rows = m.len().checked_div(cols).unwrap_or(0);
+    for (b, out) in out.chunks_mut(BLOCK).enumerate() {
+        let start = first + b * BLOCK;
+        let mut acc = [T::zero(); BLOCK];
+        if out.len() == BLOCK {
+            for r in 0..rows {
+                let row = &m[r * cols + start..][..BLOCK];
+                for l in 0..BLOCK {
+                    acc[l] += row[l];
+                }
+            }
+        } else {
+            for r in 0..rows {
+                let row = &m[r * cols + start..][..out.len()];
+                for (a, &x) in acc.iter_mut().zip(row) {
+                    *a += x;
+                }
+            }
+        }
+        out.copy_from_slice(&acc[..out.len()]);
+    }
+}
+
+widest_vectors! {
     /// One range of the MSE gradient in f32: see [`mse_grad_generic`].
     mse_grad => mse_grad_generic(grad: &mut [f32], pred: &[f32], target: &[f32], scale: f32, act: Activation) -> f64
 }
@@ -264,6 +346,42 @@ mod tests {
         bias_tanh(&mut z, cols, &bias);
         for (i, (&got, &x)) in z.iter().zip(&z0).enumerate() {
             assert_eq!(got, tanh(x + bias[i % cols]));
+        }
+    }
+    /// The loops compiled for the widest vectors give the scalar forms' bits, with 0, a remainder and
+    /// several blocks of columns (col_sum: each column summed over its rows in row order, from zero).
+    #[test]
+    fn bias_act_act_backward_and_col_sum_match_the_scalar_forms_bit_for_bit() {
+        for cols in [1, 7, 64, 130] {
+            let rows = 9;
+            let bias: Vec<f32> = (0..cols).map(|j| j as f32 * 0.03 - 1.0).collect();
+            let z0: Vec<f32> = (0..cols * rows)
+                .map(|i| (i as f32 * 0.37).sin() * 3.0)
+                .collect();
+            for act in Activation::ALL {
+                let mut z = z0.clone();
+                bias_act(&mut z, cols, &bias, act);
+                let mut grad = z0.clone();
+                act_backward(&mut grad, &z, act);
+                for i in 0..z.len() {
+                    let want = act.forward(z0[i] + bias[i % cols]);
+                    assert_eq!(z[i].to_bits(), want.to_bits(), "bias_act {act:?} {i}");
+                    let want = z0[i] * act.grad_from_output(z[i]);
+                    assert_eq!(
+                        grad[i].to_bits(),
+                        want.to_bits(),
+                        "act_backward {act:?} {i}"
+                    );
+                }
+            }
+            for first in [0, cols / 2] {
+                let mut out = vec![f32::NAN; cols - first];
+                col_sum(&z0, cols, first, &mut out);
+                for (j, &got) in out.iter().enumerate() {
+                    let want = (0..rows).fold(0.0f32, |s, r| s + z0[r * cols + first + j]);
+                    assert_eq!(got.to_bits(), want.to_bits(), "col_sum {cols} {first} {j}");
+                }
+            }
         }
     }
 }
