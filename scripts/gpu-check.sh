@@ -213,6 +213,13 @@ fi
 # tiedae on every device (CPU and GPU, the same run), PyTorch on the same GPU, our GEMM against cuBLAS.
 step bench-tiedae 420 "$bundle/tiedae" bench --json --device all
 grep '^{' "$logdir/bench-tiedae.log" >"$logdir/bench-tiedae.jsonl" 2>/dev/null || true
+# `--device all` is every device tiedae finds: without a cuda row the run measured the CPU only.
+if grep -q '"device":"cuda' "$logdir/bench-tiedae.jsonl" 2>/dev/null; then
+  note bench-tiedae-has-cuda PASS 0 "cuda rows in bench-tiedae.jsonl"
+else
+  note bench-tiedae-has-cuda FAIL 0 "no cuda row in bench-tiedae.jsonl: tiedae saw no GPU"
+  failures=$((failures + 1))
+fi
 # A data set kept on the host (--data-on host): each batch copied up on a second stream while the step before
 # it runs; against the bench-tiedae rows above, the cost of the copies that do not hide.
 step bench-tiedae-data-on-host 300 "$bundle/tiedae" bench --json --device cuda --data-on host
