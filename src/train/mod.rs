@@ -12,7 +12,7 @@
 //! over the batch stacked twice (depth 2B): each pair lives in one buffer, rows 0..B then B..2B
 //! (`stack_in`, `stack_out`), so the stacking is free. One product instead of two per layer: one op fewer
 //! and one pass over dW_i instead of a write and a read-add. On 2 CPU cores the seed workload (51→1, all
-//! overhead) ran 1.16× as fast; mnist's step did not change (0.97-1.01×, the products are no faster).
+//! overhead) ran 1.16× as fast; mnist's step did not change (0.97-1.01×).
 //!
 //! How a step reaches the backend (`train_steps`): op by op (`train_step`), or, with graphs on, runs of
 //! GRAPH_STEPS steps recorded once and replayed (`recorded_steps`; every per-step value lives in backend
@@ -235,7 +235,8 @@ pub struct Network<B: Backend> {
     /// into the one the previous step did not use, while that step runs, and the two swap (`stack_in[0]` is
     /// always the one the next forward pass reads).
     spare_input: Option<Region>,
-    /// The batch already copied into `input` for the next forward pass: (set, first row of the order, rows).
+    /// The batch already copied into `stack_in[0]` for the next forward pass: (set, first row of the order,
+    /// rows).
     staged: Option<(DataSet, usize, usize)>,
     constraints: Constraints,
     /// Scratch buffers of the constraints, allocated on first use (see constraints.rs).
