@@ -213,11 +213,19 @@ fn tied_on<B: Backend<Scalar = f32>>(be: &mut B, dims: (usize, usize, usize)) ->
         alpha: 1.0,
         beta,
     };
-    let x = put(be, &values(10, batch * d_in, -1.0, 1.0));
+    let (x_host, dz_dec_host) = (
+        values(10, batch * d_in, -1.0, 1.0),
+        values(12, batch * d_in, -1.0, 1.0),
+    );
+    let (h_host, dz_enc_host) = (
+        values(13, batch * d_out, -1.0, 1.0),
+        values(14, batch * d_out, -1.0, 1.0),
+    );
+    let x = put(be, &x_host);
     let w = put(be, &values(11, d_in * d_out, -0.5, 0.5));
-    let dz_dec = put(be, &values(12, batch * d_in, -1.0, 1.0));
-    let h = put(be, &values(13, batch * d_out, -1.0, 1.0));
-    let dz_enc = put(be, &values(14, batch * d_out, -1.0, 1.0));
+    let dz_dec = put(be, &dz_dec_host);
+    let h = put(be, &h_host);
+    let dz_enc = put(be, &dz_enc_host);
     let (xw, hwt, dw) = (
         nans(be, batch * d_out),
         nans(be, batch * d_in),
@@ -241,22 +249,8 @@ fn tied_on<B: Backend<Scalar = f32>>(be: &mut B, dims: (usize, usize, usize)) ->
         dw,
     )
     .unwrap();
-    let stack_in = put(
-        be,
-        &[
-            values(10, batch * d_in, -1.0, 1.0),
-            values(12, batch * d_in, -1.0, 1.0),
-        ]
-        .concat(),
-    );
-    let stack_out = put(
-        be,
-        &[
-            values(14, batch * d_out, -1.0, 1.0),
-            values(13, batch * d_out, -1.0, 1.0),
-        ]
-        .concat(),
-    );
+    let stack_in = put(be, &[x_host, dz_dec_host].concat());
+    let stack_out = put(be, &[dz_enc_host, h_host].concat());
     let dw_stacked = nans(be, d_in * d_out);
     be.gemm(
         gemm(Trans::T, Trans::N, d_in, d_out, 2 * batch, 0.0),
