@@ -947,41 +947,101 @@ fn kernels_or_skip(test: &str) -> bool {
     false
 }
 
+/// Every `.entry` of a PTX text: (name, each parameter's declaration as the kernel table in
+/// src/backend/cuda/launch.rs spells it: the type, then `[N]` for an array, the name left out).
+fn ptx_entries(ptx: &str) -> Vec<(String, Vec<String>)> {
+    let mut entries = Vec::new();
+    let mut rest = ptx;
+    while let Some(at) = rest.find(".entry ") {
+        let after = &rest[at + ".entry ".len()..];
+        let open = after.find('(').expect("'(' after .entry");
+        let close = after.find(')').expect("')' closing an .entry's parameters");
+        let params = after[open + 1..close]
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let decl = p
+                    .strip_prefix(".param")
+                    .unwrap_or_else(|| panic!("not a .param: {p}"))
+                    .trim();
+                let (ty, name) = decl
+                    .rsplit_once(char::is_whitespace)
+                    .unwrap_or_else(|| panic!("no name in .param {decl}"));
+                let array = name.find('[').map_or("", |i| &name[i..]);
+                format!("{}{array}", ty.trim())
+            })
+            .collect();
+        entries.push((after[..open].trim().to_string(), params));
+        rest = &after[close..];
+    }
+    entries
+}
+
 #[test]
-fn embedded_ptx_has_every_kernel_entry() {
-    if !kernels_or_skip("embedded_ptx_has_every_kernel_entry") {
+fn ptx_entries_reads_names_and_parameter_types() {
+    let ptx = ".visible .entry f(\n\t.param .u64 f_param_0,\n\t.param .u32 f_param_1\n)\n.maxntid 256\n{}\n\
+               .visible .entry g(\n\t.param .align 4 .b8 g_param_0[12]\n)\n{}";
+    assert_eq!(
+        ptx_entries(ptx),
+        vec![
+            (
+                "f".to_string(),
+                vec![".u64".to_string(), ".u32".to_string()]
+            ),
+            ("g".to_string(), vec![".align 4 .b8[12]".to_string()]),
+        ]
+    );
+}
+
+/// The kernel table in src/backend/cuda/launch.rs against the PTX nvcc wrote: every entry the backend
+/// launches is in its module, with the parameters the table (and so every launch, which the compiler holds to
+/// it) passes, in count, order and type; and the PTX has no entry the table lacks. A launch with one argument
+/// too few, or a u64 where the kernel takes an int, would shift every later argument on a GPU, unnoticed.
+#[test]
+fn kernel_parameters_match_the_ptx() {
+    if !kernels_or_skip("kernel_parameters_match_the_ptx") {
         return;
     }
-    let modules = cuda::ptx_modules();
-    for entry in [
-        "gemm",
-        "gemm_large",
-        "gemm_split_reduce",
-        "bias_act",
-        "act_backward",
-        "fill",
-        "mse_backward",
-        "mse_finalize",
-        "col_sum",
-        "sgd_step",
-        "adam_step",
-        "gather_rows",
-        "gather_rows_half",
-        "shuffle_order",
-        "diagonal_affine",
-        "sum_squares_partials",
-        "div_by_sqrt",
-        "normalize_columns",
-        "center_columns",
-    ] {
-        let needle = format!(".entry {entry}(");
-        let found: Vec<&str> = modules
-            .iter()
-            .filter(|(_, ptx)| ptx.contains(&needle))
-            .map(|(name, _)| *name)
-            .collect();
-        assert_eq!(found.len(), 1, "entry {entry}: found in modules {found:?}");
+    let mut in_ptx: Vec<(String, String, Vec<String>)> = cuda::ptx_modules()
+        .iter()
+        .flat_map(|(module, ptx)| {
+            ptx_entries(ptx)
+                .into_iter()
+                .map(|(entry, params)| (module.to_string(), entry, params))
+        })
+        .collect();
+    let mut table: Vec<(String, String, Vec<String>)> = cuda::kernel_signatures()
+        .into_iter()
+        .map(|(module, entry, params)| {
+            let params = params.into_iter().map(String::from).collect();
+            (module.to_string(), entry.to_string(), params)
+        })
+        .collect();
+    assert!(table.len() >= 19, "{} kernels in the table", table.len());
+    in_ptx.sort();
+    table.sort();
+    for (module, entry, params) in &table {
+        let found = in_ptx.iter().find(|(_, e, _)| e == entry);
+        let Some((ptx_module, _, ptx_params)) = found else {
+            panic!("{entry}: in the kernel table but no module's PTX has it");
+        };
+        assert_eq!(ptx_module, module, "{entry}: the module");
+        assert_eq!(
+            ptx_params, params,
+            "{entry}: the PTX's parameters (left) against the kernel table's (right)"
+        );
     }
+    assert_eq!(
+        in_ptx.len(),
+        table.len(),
+        "entries in the PTX but not in the kernel table: {:?}",
+        in_ptx
+            .iter()
+            .filter(|(_, e, _)| !table.iter().any(|(_, t, _)| t == e))
+            .map(|(_, e, _)| e)
+            .collect::<Vec<_>>()
+    );
     assert!(
         cuda::ptx_arch().starts_with("compute_"),
         "ptx arch {}",

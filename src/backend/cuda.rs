@@ -6,6 +6,8 @@
 //! - Buffers are `CudaSlice<f32>` / `CudaSlice<u32>` owned by the backend and freed when it is dropped.
 //! - A region is passed to a kernel as the raw device address of its first element (`ptr`). See `ptr` for why
 //!   that is sound; the trait's rule that outputs never overlap inputs is asserted at every op.
+//! - Every kernel is launched through its typed parameter list in `cuda/launch.rs` (one table for all of
+//!   them), which a test checks against the PTX: cudarc itself passes arguments as untyped bytes.
 //! - Built without kernels (no nvcc at build time) this file still compiles and [`CudaBackend::new`] returns
 //!   one clear error, so callers need no `cfg` (candle's dummy-backend idea).
 //! - Nothing here touches the CUDA driver before [`driver_present`] said the library loads: cudarc panics
@@ -20,7 +22,7 @@ use cudarc::driver::result::{self as cu, DriverError};
 use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+    DeviceRepr, LaunchConfig, PinnedHostSlice, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -29,6 +31,10 @@ use super::{
 };
 use crate::activation::Activation;
 use crate::error::{Error, Result};
+
+mod launch;
+pub use launch::kernel_signatures;
+use launch::{DevPtr, KernelAdamConfig, Kernels};
 
 /// The PTX of `kernels/*.cu` as written by `build.rs`: `PTX_ARCH`, `NVCC_VERSION` and `MODULES`.
 mod kernels {
@@ -218,45 +224,9 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
     (0..device_count()?).map(device_info).collect()
 }
 
-/// Adam's constants as the kernel receives them: the layout of `struct AdamConfig` in optim.cu.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct KernelAdamConfig {
-    beta1: f32,
-    beta2: f32,
-    epsilon: f32,
-}
-
-// SAFETY: three f32 in C layout, the same size (12), alignment (4) and field order as `AdamConfig` in
-// optim.cu.
-unsafe impl DeviceRepr for KernelAdamConfig {}
-
-/// Every kernel entry point, looked up once.
-struct Kernels {
-    gemm: CudaFunction,
-    gemm_large: CudaFunction,
-    gemm_split_reduce: CudaFunction,
-    bias_act: CudaFunction,
-    act_backward: CudaFunction,
-    fill: CudaFunction,
-    mse_backward: CudaFunction,
-    mse_finalize: CudaFunction,
-    col_sum: CudaFunction,
-    sgd_step: CudaFunction,
-    adam_step: CudaFunction,
-    gather_rows: CudaFunction,
-    gather_rows_half: CudaFunction,
-    shuffle_order: CudaFunction,
-    diagonal_affine: CudaFunction,
-    sum_squares_partials: CudaFunction,
-    div_by_sqrt: CudaFunction,
-    normalize_columns: CudaFunction,
-    center_columns: CudaFunction,
-}
-
 impl Kernels {
-    fn load(modules: &HashMap<&str, Arc<CudaModule>>) -> Result<Kernels> {
-        let get = |module: &str, entry: &str| -> Result<CudaFunction> {
+    fn load_from(modules: &HashMap<&str, Arc<CudaModule>>) -> Result<Kernels> {
+        Kernels::load(|module: &str, entry: &str| -> Result<CudaFunction> {
             let m = modules.get(module).ok_or_else(|| {
                 Error::Device(format!(
                     "the kernel module '{module}' is missing from this build (kernels/{module}.cu)"
@@ -266,27 +236,6 @@ impl Kernels {
                 &format!("loading kernel '{entry}' of module '{module}'"),
                 || m.load_function(entry),
             )
-        };
-        Ok(Kernels {
-            gemm: get("gemm", "gemm")?,
-            gemm_large: get("gemm", "gemm_large")?,
-            gemm_split_reduce: get("gemm", "gemm_split_reduce")?,
-            bias_act: get("elementwise", "bias_act")?,
-            act_backward: get("elementwise", "act_backward")?,
-            fill: get("elementwise", "fill")?,
-            mse_backward: get("loss", "mse_backward")?,
-            mse_finalize: get("loss", "mse_finalize")?,
-            col_sum: get("reduce", "col_sum")?,
-            sgd_step: get("optim", "sgd_step")?,
-            adam_step: get("optim", "adam_step")?,
-            gather_rows: get("data", "gather_rows")?,
-            gather_rows_half: get("data", "gather_rows_half")?,
-            shuffle_order: get("data", "shuffle_order")?,
-            diagonal_affine: get("constraints", "diagonal_affine")?,
-            sum_squares_partials: get("constraints", "sum_squares_partials")?,
-            div_by_sqrt: get("constraints", "div_by_sqrt")?,
-            normalize_columns: get("constraints", "normalize_columns")?,
-            center_columns: get("constraints", "center_columns")?,
         })
     }
 }
@@ -552,7 +501,7 @@ impl CudaBackend {
             let module = guarded(&what, || ctx.load_module(Ptx::from_src(ptx)))?;
             modules.insert(name, module);
         }
-        let k = Kernels::load(&modules)?;
+        let k = Kernels::load_from(&modules)?;
         let mse_partials = guarded("allocating scratch memory", || {
             stream.alloc_zeros::<f64>(MSE_MAX_BLOCKS)
         })?;
@@ -616,7 +565,7 @@ impl CudaBackend {
         // A null bias means no bias and no activation (the kernel's contract).
         let (p_bias, act) = match epilogue {
             Some((bias, act)) => (self.ptr(bias), act.code()),
-            None => (0u64, Activation::Linear.code()),
+            None => (0 as DevPtr, Activation::Linear.code()),
         };
         let (m_i, n_i, k_i) = (m as i32, n as i32, k as i32);
         let trans_a = i32::from(g.trans_a == Trans::T);
@@ -648,7 +597,7 @@ impl CudaBackend {
             let (p, _) = partials.device_ptr(&self.stream);
             p
         } else {
-            0u64 // null: no split
+            0 as DevPtr // null: no split
         };
         let cfg = LaunchConfig {
             grid_dim: (
@@ -660,57 +609,55 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let k_split_i = k_split as i32;
-        let function = if plan == GemmPlan::Large {
-            &self.k.gemm_large
+        // SAFETY (both plans): gemm_large takes (A, B, C, M, N, K, trans_a, trans_b, alpha, beta, bias, act),
+        // and gemm the same followed by (partials, k_split) (the kernel table in cuda/launch.rs). A, B, C
+        // hold exactly m·k, k·n, m·n floats (asserted) inside live buffers (checked by `ptr`), bias is null
+        // or n floats (asserted by gemm_bias_act, checked by `ptr`), M, N, K fit the kernels' int arithmetic
+        // (asserted), and the kernels bounds-check every element against M, N, K and read bias[j] for j < N
+        // only; C overlaps neither A, B nor the bias (asserted). Both stride over tiles, so any grid works.
+        // partials is null (gridDim.z = 1), or holds splits·m·n floats (grown above) and gridDim.z = splits
+        // = ⌈K / k_split⌉ with k_split a multiple of BK, so block z writes only partials[z] and every k lies
+        // in one split.
+        let launched = if plan == GemmPlan::Large {
+            // SAFETY: as said above.
+            unsafe {
+                self.k.gemm_large.launch(
+                    &self.stream,
+                    cfg,
+                    (
+                        p_a, p_b, p_c, m_i, n_i, k_i, trans_a, trans_b, alpha, g.beta, p_bias, act,
+                    ),
+                )
+            }
         } else {
-            &self.k.gemm
+            // SAFETY: as said above.
+            unsafe {
+                self.k.gemm.launch(
+                    &self.stream,
+                    cfg,
+                    (
+                        p_a, p_b, p_c, m_i, n_i, k_i, trans_a, trans_b, alpha, g.beta, p_bias, act,
+                        p_partials, k_split_i,
+                    ),
+                )
+            }
         };
-        let mut launch = self.stream.launch_builder(function);
-        launch
-            .arg(&p_a)
-            .arg(&p_b)
-            .arg(&p_c)
-            .arg(&m_i)
-            .arg(&n_i)
-            .arg(&k_i)
-            .arg(&trans_a)
-            .arg(&trans_b)
-            .arg(&alpha)
-            .arg(&g.beta)
-            .arg(&p_bias)
-            .arg(&act);
-        if plan != GemmPlan::Large {
-            launch.arg(&p_partials).arg(&k_split_i);
-        }
-        // SAFETY: gemm_large takes (const float* A, const float* B, float* C, int M, int N, int K,
-        // int trans_a, int trans_b, float alpha, float beta, const float* bias, unsigned act), and gemm the
-        // same followed by (float* partials, int k_split). A, B, C hold exactly m·k, k·n, m·n floats
-        // (asserted) inside live buffers (checked by `ptr`), bias is null or n floats (asserted by
-        // gemm_bias_act, checked by `ptr`), M, N, K fit the kernels' int arithmetic (asserted), and the
-        // kernels bounds-check every element against M, N, K and read bias[j] for j < N only; C overlaps
-        // neither A, B nor the bias (asserted). Both stride over tiles, so any grid works. partials is null
-        // (gridDim.z = 1), or holds splits·m·n floats (grown above) and gridDim.z = splits = ⌈K / k_split⌉
-        // with k_split a multiple of BK, so block z writes only partials[z] and every k lies in one split.
-        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error(name, e))?;
+        launched.map_err(|e| self.launch_error(name, e))?;
         if let GemmPlan::SplitK { splits, .. } = plan {
             let splits_i = splits as i32;
-            let mut reduce = self.stream.launch_builder(&self.k.gemm_split_reduce);
-            reduce
-                .arg(&p_partials)
-                .arg(&splits_i)
-                .arg(&p_c)
-                .arg(&m_i)
-                .arg(&n_i)
-                .arg(&alpha)
-                .arg(&g.beta)
-                .arg(&p_bias)
-                .arg(&act);
-            // SAFETY: gemm_split_reduce(const float* partials, int splits, float* C, int M, int N,
-            // float alpha, float beta, const float* bias, unsigned act): partials holds splits·m·n floats,
-            // all written by the launch above (stream order), C holds m·n floats, bias is null or n floats
-            // (see the launch above); a grid-stride loop, so any grid works.
-            unsafe { reduce.launch(grid_1d(m * n)) }
-                .map_err(|e| self.launch_error("gemm_split_reduce", e))?;
+            // SAFETY: gemm_split_reduce(partials, splits, C, M, N, alpha, beta, bias, act): partials holds
+            // splits·m·n floats, all written by the launch above (stream order), C holds m·n floats, bias is
+            // null or n floats (see the launch above); a grid-stride loop, so any grid works.
+            unsafe {
+                self.k.gemm_split_reduce.launch(
+                    &self.stream,
+                    grid_1d(m * n),
+                    (
+                        p_partials, splits_i, p_c, m_i, n_i, alpha, g.beta, p_bias, act,
+                    ),
+                )
+            }
+            .map_err(|e| self.launch_error("gemm_split_reduce", e))?;
         }
         Ok(())
     }
@@ -735,12 +682,12 @@ impl CudaBackend {
     /// output may live in the same buffer as an input, which `&mut`/`&` views of one `CudaSlice` could not
     /// express. No cudarc event is skipped: event tracking is off (one stream, see `new`), so the guard that
     /// `device_ptr` returns is empty.
-    fn ptr(&self, r: Region) -> u64 {
+    fn ptr(&self, r: Region) -> DevPtr {
         self.address(&self.bufs, r.buf.0, r.offset, r.len, "buffer")
     }
 
     /// The device address of `r`'s first index; see [`CudaBackend::ptr`].
-    fn idx_ptr(&self, r: IdxRegion) -> u64 {
+    fn idx_ptr(&self, r: IdxRegion) -> DevPtr {
         self.address(&self.indices, r.buf.0, r.offset, r.len, "index buffer")
     }
 
@@ -767,7 +714,7 @@ impl CudaBackend {
         offset: usize,
         len: usize,
         what: &str,
-    ) -> u64 {
+    ) -> DevPtr {
         let slice = bufs
             .get(buf)
             .unwrap_or_else(|| panic!("no such {what} {buf}"));
@@ -784,20 +731,23 @@ impl CudaBackend {
 
     /// The second launch of `mse_backward` and `sum_squares`: `mse_finalize` sums the first `blocks`
     /// per-block partials (written by the launch just before, in stream order) into the float at `p_out`.
-    fn finalize_partials(&self, p_partials: u64, blocks: usize, p_out: u64) -> Result<()> {
+    fn finalize_partials(&self, p_partials: DevPtr, blocks: usize, p_out: DevPtr) -> Result<()> {
         let num_partials = blocks as u32;
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (MSE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self.stream.launch_builder(&self.k.mse_finalize);
-        launch.arg(&p_partials).arg(&num_partials).arg(&p_out);
         // SAFETY: mse_finalize(const double* partials, u32 num_partials, float* loss); the first
         // num_partials (<= MSE_MAX_BLOCKS) partials were written by the caller's launch just before (stream
         // order), p_out addresses one float (the caller checked it with `ptr`); one block of MSE_THREADS
         // threads as the kernel requires.
-        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_finalize", e))?;
+        unsafe {
+            self.k
+                .mse_finalize
+                .launch(&self.stream, cfg, (p_partials, num_partials, p_out))
+        }
+        .map_err(|e| self.launch_error("mse_finalize", e))?;
         Ok(())
     }
 
@@ -895,21 +845,27 @@ impl Backend for CudaBackend {
         let (out_rows, cols_u, data_rows) = (idx.len as u64, cols as u64, (data_len / cols) as u64);
         let format_code = format as u32;
         let cfg = gather_config(cols, idx.len);
-        let mut launch = self.stream.launch_builder(&self.k.gather_rows_half);
-        launch
-            .arg(&p_data)
-            .arg(&p_idx)
-            .arg(&p_out)
-            .arg(&out_rows)
-            .arg(&cols_u)
-            .arg(&data_rows)
-            .arg(&format_code);
         // SAFETY: gather_rows_half(const u16* data, const u32* idx, float* out, u64 out_rows, u64 cols,
         // u64 data_rows, u32 format). out holds out_rows·cols floats (asserted, checked by `ptr`), idx holds
         // out_rows indices (`idx_ptr`), data holds data_rows·cols 16-bit values (data_rows = the length
         // asked for / cols, so an empty data set has 0 rows) and the kernel reads it only for indices <
         // data_rows.
-        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("gather_rows_half", e))?;
+        unsafe {
+            self.k.gather_rows_half.launch(
+                &self.stream,
+                cfg,
+                (
+                    p_data,
+                    p_idx,
+                    p_out,
+                    out_rows,
+                    cols_u,
+                    data_rows,
+                    format_code,
+                ),
+            )
+        }
+        .map_err(|e| self.launch_error("gather_rows_half", e))?;
         Ok(())
     }
 
@@ -1052,11 +1008,14 @@ impl Backend for CudaBackend {
         }
         let p_dst = self.ptr(dst);
         let n = dst.len as u64;
-        let mut launch = self.stream.launch_builder(&self.k.fill);
-        launch.arg(&p_dst).arg(&n).arg(&value);
         // SAFETY: fill(float* dst, u64 n, float value); p_dst addresses dst.len floats of a live buffer
         // (checked by `ptr`) and n == dst.len.
-        unsafe { launch.launch(grid_1d(dst.len)) }.map_err(|e| self.launch_error("fill", e))?;
+        unsafe {
+            self.k
+                .fill
+                .launch(&self.stream, grid_1d(dst.len), (p_dst, n, value))
+        }
+        .map_err(|e| self.launch_error("fill", e))?;
         Ok(())
     }
 
@@ -1076,12 +1035,14 @@ impl Backend for CudaBackend {
             offset: 0,
             len: rows,
         });
-        let mut launch = self.stream.launch_builder(&self.k.shuffle_order);
-        launch.arg(&p_dst).arg(&rows_u).arg(&key);
         // SAFETY: shuffle_order(u32* order, u32 rows, u64 key); p_dst addresses `rows` indices of a live index
         // buffer (checked by `idx_ptr`), and the kernel writes order[0..rows] only.
-        unsafe { launch.launch(grid_1d(rows)) }
-            .map_err(|e| self.launch_error("shuffle_order", e))?;
+        unsafe {
+            self.k
+                .shuffle_order
+                .launch(&self.stream, grid_1d(rows), (p_dst, rows_u, key))
+        }
+        .map_err(|e| self.launch_error("shuffle_order", e))?;
         Ok(())
     }
 
@@ -1101,19 +1062,18 @@ impl Backend for CudaBackend {
         let (p_data, p_idx, p_out) = (self.ptr(data), self.idx_ptr(idx), self.ptr(out));
         let (out_rows, cols_u, data_rows) = (idx.len as u64, cols as u64, (data.len / cols) as u64);
         let cfg = gather_config(cols, idx.len);
-        let mut launch = self.stream.launch_builder(&self.k.gather_rows);
-        launch
-            .arg(&p_data)
-            .arg(&p_idx)
-            .arg(&p_out)
-            .arg(&out_rows)
-            .arg(&cols_u)
-            .arg(&data_rows);
         // SAFETY: gather_rows(const float* data, const u32* idx, float* out, u64 out_rows, u64 cols,
         // u64 data_rows). out holds out_rows·cols floats (asserted), idx holds out_rows indices, data holds at
         // least data_rows·cols floats (data_rows = data.len / cols), and the kernel reads data only for
         // indices < data_rows; all three regions were checked by `ptr`/`idx_ptr`.
-        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("gather_rows", e))?;
+        unsafe {
+            self.k.gather_rows.launch(
+                &self.stream,
+                cfg,
+                (p_data, p_idx, p_out, out_rows, cols_u, data_rows),
+            )
+        }
+        .map_err(|e| self.launch_error("gather_rows", e))?;
         Ok(())
     }
 
@@ -1157,16 +1117,14 @@ impl Backend for CudaBackend {
         );
         let (p_z, p_bias) = (self.ptr(z), self.ptr(bias));
         let (n, cols_u, code) = (z.len as u64, cols as u64, act.code());
-        let mut launch = self.stream.launch_builder(&self.k.bias_act);
-        launch
-            .arg(&p_z)
-            .arg(&p_bias)
-            .arg(&n)
-            .arg(&cols_u)
-            .arg(&code);
         // SAFETY: bias_act(float* z, const float* bias, u64 n, u64 cols, u32 act); z holds n floats and bias
         // holds cols floats (asserted; both checked by `ptr`); the kernel reads bias[i % cols] only.
-        unsafe { launch.launch(grid_1d(z.len)) }.map_err(|e| self.launch_error("bias_act", e))?;
+        unsafe {
+            self.k
+                .bias_act
+                .launch(&self.stream, grid_1d(z.len), (p_z, p_bias, n, cols_u, code))
+        }
+        .map_err(|e| self.launch_error("bias_act", e))?;
         Ok(())
     }
 
@@ -1179,12 +1137,14 @@ impl Backend for CudaBackend {
         }
         let (p_grad, p_y) = (self.ptr(grad), self.ptr(y));
         let (n, code) = (grad.len as u64, act.code());
-        let mut launch = self.stream.launch_builder(&self.k.act_backward);
-        launch.arg(&p_grad).arg(&p_y).arg(&n).arg(&code);
         // SAFETY: act_backward(float* grad, const float* y, u64 n, u32 act); grad and y hold n floats each
         // (asserted; checked by `ptr`).
-        unsafe { launch.launch(grid_1d(grad.len)) }
-            .map_err(|e| self.launch_error("act_backward", e))?;
+        unsafe {
+            self.k
+                .act_backward
+                .launch(&self.stream, grid_1d(grad.len), (p_grad, p_y, n, code))
+        }
+        .map_err(|e| self.launch_error("act_backward", e))?;
         Ok(())
     }
 
@@ -1221,20 +1181,18 @@ impl Backend for CudaBackend {
                 block_dim: (MSE_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut launch = self.stream.launch_builder(&self.k.mse_backward);
-            launch
-                .arg(&p_pred)
-                .arg(&p_target)
-                .arg(&p_grad)
-                .arg(&p_partials)
-                .arg(&n_u)
-                .arg(&scale)
-                .arg(&code);
             // SAFETY: mse_backward(const float* pred, const float* target, float* grad, double* partials,
             // u64 n, float scale, u32 act); pred, target, grad hold n floats (asserted; checked by `ptr`);
             // partials holds MSE_MAX_BLOCKS >= gridDim.x doubles; blockDim.x == MSE_THREADS as the kernel's
             // shared-memory tree requires.
-            unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("mse_backward", e))?;
+            unsafe {
+                self.k.mse_backward.launch(
+                    &self.stream,
+                    cfg,
+                    (p_pred, p_target, p_grad, p_partials, n_u, scale, code),
+                )
+            }
+            .map_err(|e| self.launch_error("mse_backward", e))?;
         }
         self.finalize_partials(p_partials, blocks, p_loss)
     }
@@ -1262,12 +1220,15 @@ impl Backend for CudaBackend {
             block_dim: (COL_SUM_BLOCK.0, COL_SUM_BLOCK.1, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self.stream.launch_builder(&self.k.col_sum);
-        launch.arg(&p_m).arg(&p_out).arg(&rows).arg(&cols_u);
         // SAFETY: col_sum(const float* m, float* out, u64 rows, u64 cols); m holds rows·cols floats and out
         // cols floats (asserted; checked by `ptr`); blockDim is (COL_SUM_TX, COL_SUM_TY) as the kernel's
         // shared tile requires.
-        unsafe { launch.launch(cfg) }.map_err(|e| self.launch_error("col_sum", e))?;
+        unsafe {
+            self.k
+                .col_sum
+                .launch(&self.stream, cfg, (p_m, p_out, rows, cols_u))
+        }
+        .map_err(|e| self.launch_error("col_sum", e))?;
         Ok(())
     }
 
@@ -1282,17 +1243,16 @@ impl Backend for CudaBackend {
         }
         let (p_w, p_g, p_v) = (self.ptr(w), self.ptr(g), self.ptr(v));
         let n = w.len as u64;
-        let mut launch = self.stream.launch_builder(&self.k.sgd_step);
-        launch
-            .arg(&p_w)
-            .arg(&p_g)
-            .arg(&p_v)
-            .arg(&n)
-            .arg(&lr)
-            .arg(&momentum);
         // SAFETY: sgd_step(float* w, const float* g, float* v, u64 n, float lr, float momentum); w, g, v hold
         // n floats each (asserted; checked by `ptr`) and do not overlap (asserted).
-        unsafe { launch.launch(grid_1d(w.len)) }.map_err(|e| self.launch_error("sgd_step", e))?;
+        unsafe {
+            self.k.sgd_step.launch(
+                &self.stream,
+                grid_1d(w.len),
+                (p_w, p_g, p_v, n, lr, momentum),
+            )
+        }
+        .map_err(|e| self.launch_error("sgd_step", e))?;
         Ok(())
     }
 
@@ -1329,19 +1289,17 @@ impl Backend for CudaBackend {
             beta2: s.beta2,
             epsilon: s.epsilon,
         };
-        let mut launch = self.stream.launch_builder(&self.k.adam_step);
-        launch
-            .arg(&p_w)
-            .arg(&p_g)
-            .arg(&p_m)
-            .arg(&p_v)
-            .arg(&n)
-            .arg(&p_alpha)
-            .arg(&cfg);
         // SAFETY: adam_step(float* w, const float* g, float* m, float* v, u64 n, const float* alpha,
         // AdamConfig cfg); the four regions hold n floats each and alpha one (asserted; checked by `ptr`), the
         // outputs overlap no input (asserted); KernelAdamConfig has the kernel's C layout.
-        unsafe { launch.launch(grid_1d(w.len)) }.map_err(|e| self.launch_error("adam_step", e))?;
+        unsafe {
+            self.k.adam_step.launch(
+                &self.stream,
+                grid_1d(w.len),
+                (p_w, p_g, p_m, p_v, n, p_alpha, cfg),
+            )
+        }
+        .map_err(|e| self.launch_error("adam_step", e))?;
         Ok(())
     }
 
@@ -1353,12 +1311,14 @@ impl Backend for CudaBackend {
         }
         let p_m = self.ptr(m);
         let n_u = n as u64;
-        let mut launch = self.stream.launch_builder(&self.k.diagonal_affine);
-        launch.arg(&p_m).arg(&n_u).arg(&scale).arg(&shift);
         // SAFETY: diagonal_affine(float* m, u64 n, float scale, float shift); m holds n·n floats (asserted;
         // checked by `ptr`) and the kernel touches only m[i·(n + 1)] for i < n, the last being n·n − 1.
-        unsafe { launch.launch(grid_1d(n)) }
-            .map_err(|e| self.launch_error("diagonal_affine", e))?;
+        unsafe {
+            self.k
+                .diagonal_affine
+                .launch(&self.stream, grid_1d(n), (p_m, n_u, scale, shift))
+        }
+        .map_err(|e| self.launch_error("diagonal_affine", e))?;
         Ok(())
     }
 
@@ -1379,13 +1339,15 @@ impl Backend for CudaBackend {
                 block_dim: (MSE_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut launch = self.stream.launch_builder(&self.k.sum_squares_partials);
-            launch.arg(&p_x).arg(&p_partials).arg(&n);
             // SAFETY: sum_squares_partials(const float* x, double* partials, u64 n); x holds n floats
             // (checked by `ptr`); partials holds MSE_MAX_BLOCKS >= gridDim.x doubles; blockDim.x ==
             // MSE_THREADS == SUM_SQUARES_THREADS as the kernel's shared-memory tree requires.
-            unsafe { launch.launch(cfg) }
-                .map_err(|e| self.launch_error("sum_squares_partials", e))?;
+            unsafe {
+                self.k
+                    .sum_squares_partials
+                    .launch(&self.stream, cfg, (p_x, p_partials, n))
+            }
+            .map_err(|e| self.launch_error("sum_squares_partials", e))?;
         }
         self.finalize_partials(p_partials, blocks, p_out)
     }
@@ -1400,13 +1362,15 @@ impl Backend for CudaBackend {
         }
         let (p_x, p_s) = (self.ptr(x), self.ptr(sum_sq));
         let n = x.len as u64;
-        let mut launch = self.stream.launch_builder(&self.k.div_by_sqrt);
-        launch.arg(&p_x).arg(&p_s).arg(&n);
         // SAFETY: div_by_sqrt(float* x, const float* sum_sq, u64 n); x holds n floats, sum_sq one float
         // (both checked by `ptr`), and they do not overlap (asserted): every thread reads sum_sq[0] while
         // others write x.
-        unsafe { launch.launch(grid_1d(x.len)) }
-            .map_err(|e| self.launch_error("div_by_sqrt", e))?;
+        unsafe {
+            self.k
+                .div_by_sqrt
+                .launch(&self.stream, grid_1d(x.len), (p_x, p_s, n))
+        }
+        .map_err(|e| self.launch_error("div_by_sqrt", e))?;
         Ok(())
     }
 
@@ -1422,12 +1386,14 @@ impl Backend for CudaBackend {
         );
         let p_m = self.ptr(m);
         let (rows, cols_u) = ((m.len / cols) as u64, cols as u64);
-        let mut launch = self.stream.launch_builder(&self.k.normalize_columns);
-        launch.arg(&p_m).arg(&rows).arg(&cols_u);
         // SAFETY: normalize_columns(float* m, u64 rows, u64 cols); m holds rows·cols floats (asserted;
         // checked by `ptr`); blockDim is (COLUMN_TX, COLUMN_TY) as the kernel's shared tile requires.
-        unsafe { launch.launch(column_grid(cols)) }
-            .map_err(|e| self.launch_error("normalize_columns", e))?;
+        unsafe {
+            self.k
+                .normalize_columns
+                .launch(&self.stream, column_grid(cols), (p_m, rows, cols_u))
+        }
+        .map_err(|e| self.launch_error("normalize_columns", e))?;
         Ok(())
     }
 
@@ -1445,13 +1411,17 @@ impl Backend for CudaBackend {
         );
         let (p_m, p_out) = (self.ptr(m), self.ptr(out));
         let (rows, cols_u) = ((m.len / cols) as u64, cols as u64);
-        let mut launch = self.stream.launch_builder(&self.k.center_columns);
-        launch.arg(&p_m).arg(&p_out).arg(&rows).arg(&cols_u);
         // SAFETY: center_columns(const float* m, float* out, u64 rows, u64 cols); m and out hold rows·cols
         // floats each (asserted; checked by `ptr`), rows >= 1, and they do not overlap (asserted);
         // blockDim is (COLUMN_TX, COLUMN_TY) as the kernel's shared tile requires.
-        unsafe { launch.launch(column_grid(cols)) }
-            .map_err(|e| self.launch_error("center_columns", e))?;
+        unsafe {
+            self.k.center_columns.launch(
+                &self.stream,
+                column_grid(cols),
+                (p_m, p_out, rows, cols_u),
+            )
+        }
+        .map_err(|e| self.launch_error("center_columns", e))?;
         Ok(())
     }
 
