@@ -28,9 +28,14 @@ extern "C" __global__ void gather_rows(const float* __restrict__ data, const uns
     }
 }
 
-// A 16-bit float of `format` (0: IEEE f16, 1: bf16) as the f32 it stands for (exact in both cases).
+// The codes of `HalfFormat` in src/backend/mod.rs: `gather_rows_half`'s `format`.
+#define HALF_FORMAT_F16 0u
+#define HALF_FORMAT_BF16 1u
+
+// A 16-bit float of `format` as the f32 it stands for (exact in both cases).
 __device__ __forceinline__ float half_bits_to_float(unsigned short bits, unsigned int format) {
-    return format == 1 ? __uint_as_float(((unsigned int)bits) << 16) : __half2float(__ushort_as_half(bits));
+    return format == HALF_FORMAT_BF16 ? __uint_as_float(((unsigned int)bits) << 16)
+                                      : __half2float(__ushort_as_half(bits));
 }
 
 // gather_rows for a data set kept at half size: data is (data_rows, cols) 16-bit floats of `format`, out is

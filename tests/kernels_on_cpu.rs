@@ -163,3 +163,36 @@ fn shuffle_kernel_on_cpu_gives_the_rust_twins_order() {
 fn constraints_kernels_on_cpu() {
     build_and_run("constraints_checks");
 }
+
+/// The values that src/backend/cuda.rs and kernels/*.cu must agree on (launch shapes, tiles, activation
+/// codes, 16-bit formats: `cuda::kernel_constants()`) against the kernels' own `#define`s. A block of 128
+/// threads launched for a kernel whose shared-memory tree assumes 256 would sum garbage on a GPU, silently.
+#[test]
+fn kernel_constants_match_the_host() {
+    let Some(printed) = build_and_run_with("constants_print", &[]) else {
+        return;
+    };
+    let in_kernels: std::collections::HashMap<&str, u64> = printed
+        .lines()
+        .map(|line| {
+            let (name, value) = line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("not 'NAME value': {line}"));
+            (name, value.parse().expect("a number"))
+        })
+        .collect();
+    let host = tiedae::backend::cuda::kernel_constants();
+    assert!(host.len() >= 20, "{} constants", host.len());
+    for (name, value) in &host {
+        assert_eq!(
+            in_kernels.get(name.as_str()),
+            Some(value),
+            "{name}: kernels/*.cu (left) against src/backend/cuda.rs (right)"
+        );
+    }
+    assert_eq!(
+        in_kernels.len(),
+        host.len(),
+        "constants_print.cpp prints names the host does not list"
+    );
+}

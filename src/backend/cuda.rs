@@ -49,7 +49,7 @@ pub const NO_KERNELS_MESSAGE: &str = "CUDA unavailable: this tiedae was built wi
 pub const NO_DRIVER_MESSAGE: &str =
     "CUDA unavailable: no NVIDIA driver found (libcuda not loadable); use --device cpu";
 
-// Launch shapes; each must match the constant of the same name in kernels/*.cu.
+// Launch shapes; each must match the constant of the same name in kernels/*.cu (`kernel_constants`).
 /// Threads per block of the element-wise kernels (grid-stride loops, so any grid works).
 const THREADS: u32 = 256;
 /// Cap on the grid of the element-wise kernels: 4096·256 threads keep any GPU busy.
@@ -75,6 +75,41 @@ const COL_SUM_BLOCK: (u32, u32) = (32, 16);
 const COLUMN_BLOCK: (u32, u32) = (32, 16);
 /// `gridDim.y` limit of every GPU.
 const MAX_GRID_Y: usize = 65535;
+
+/// Every value this file and `kernels/*.cu` must agree on, under the name of its `#define` there: the launch
+/// shapes above, the GEMM's tile depth, the activation codes and the 16-bit formats. The test
+/// `kernel_constants_match_the_host` (tests/kernels_on_cpu.rs) compiles the kernels' headers and compares.
+pub fn kernel_constants() -> Vec<(String, u64)> {
+    let (col_sum_tx, col_sum_ty) = COL_SUM_BLOCK;
+    let (column_tx, column_ty) = COLUMN_BLOCK;
+    let shapes = [
+        ("GEMM_THREADS", u64::from(GEMM_THREADS)),
+        ("BM", GEMM_TILE as u64),
+        ("BN", GEMM_TILE as u64),
+        ("BK", GEMM_BK as u64),
+        ("GEMM_LARGE_THREADS", u64::from(GEMM_LARGE_THREADS)),
+        ("LBM", GEMM_LARGE_TILE as u64),
+        ("LBN", GEMM_LARGE_TILE as u64),
+        ("MSE_THREADS", u64::from(MSE_THREADS)),
+        ("SUM_SQUARES_THREADS", u64::from(MSE_THREADS)),
+        ("MSE_MAX_BLOCKS", MSE_MAX_BLOCKS as u64),
+        ("COL_SUM_TX", u64::from(col_sum_tx)),
+        ("COL_SUM_TY", u64::from(col_sum_ty)),
+        ("COLUMN_TX", u64::from(column_tx)),
+        ("COLUMN_TY", u64::from(column_ty)),
+        ("HALF_FORMAT_F16", HalfFormat::F16 as u64),
+        ("HALF_FORMAT_BF16", HalfFormat::Bf16 as u64),
+    ];
+    let activations = Activation::ALL.map(|a| {
+        let name = format!("ACT_{}", a.as_str().to_uppercase());
+        (name, u64::from(a.code()))
+    });
+    shapes
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .chain(activations)
+        .collect()
+}
 
 /// Whether `build.rs` compiled the kernels into this binary.
 pub fn is_built_with_kernels() -> bool {
