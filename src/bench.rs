@@ -53,7 +53,7 @@ pub struct BenchArgs {
     /// …and at least this many epochs were timed.
     #[arg(long, default_value_t = 3)]
     pub min_epochs: usize,
-    /// Time the backend's GEMM instead of training: comma-separated N (N×N×N) or MxNxK[:NT] (op(A), op(B):
+    /// Time the backend's GEMM instead of training: comma-separated N (N×N×N) or `MxNxK[:NT]` (op(A), op(B):
     /// N as stored, T transposed), e.g. 1024,256x256x784:NN.
     #[arg(long)]
     pub gemm: Option<String>,

@@ -423,7 +423,7 @@ impl FromStr for NormalizeKind {
     }
 }
 
-/// Per-column affine map x' = (x - shift[j]) * scale[j]; stored in the model file, applied again by eval/encode.
+/// Per-column affine map `x' = (x - shift[j]) · scale[j]`; stored in the model file, applied again by eval/encode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Normalization {
     pub kind: NormalizeKind,

@@ -1,9 +1,9 @@
 //! The CPU backend: the reference twin of every kernel in `kernels/*.cu`, function for function.
 //! Generic over the scalar so that gradient checks can run the very same step in f64.
 //!
-//! Buffers are `Vec`s that start on a cache line ([`Buffer`]). An op takes its output buffer out of the arena
+//! Buffers are `Vec`s that start on a cache line (`Buffer`). An op takes its output buffer out of the arena
 //! for the duration of the call (`std::mem::take`, no allocation), which lets it read the other buffers at the
-//! same time, and the rest of the output's own buffer through [`Reads`]: the trait's rule that outputs never
+//! same time, and the rest of the output's own buffer through `Reads`: the trait's rule that outputs never
 //! overlap inputs makes this sound. (The training step keeps pairs of tensors in one buffer: see
 //! `train/mod.rs`.)
 
