@@ -119,11 +119,10 @@ step info 60 "$bundle/tiedae" info
 step demo-cuda 60 "$bundle/tiedae" demo --device cuda
 
 # --- the test executables ------------------------------------------------------------------------------------
-ptx_skip=()
-if ! command -v ptxas >/dev/null 2>&1; then
-  ptx_skip=(--skip ptx_assembles_for_sm61_and_sm90)
-  skip ptx_assembles_for_sm61_and_sm90 "no ptxas here (the build machine runs it)"
-fi
+# The PTX test assembles for sm_61, which CUDA 13's ptxas no longer knows: it belongs to the build machine
+# (CI runs it with the nvcc 11.8 that wrote the PTX); here the driver's JIT assembles the PTX for this GPU.
+ptx_skip=(--skip ptx_assembles_for_sm61_and_sm90)
+skip ptx_assembles_for_sm61_and_sm90 "a build-machine test (CI runs it with nvcc 11.8; CUDA 13 has no sm_61)"
 for exe in "$bundle"/tests/*; do
   [ -f "$exe" ] && [ -x "$exe" ] || continue
   name="$(basename "$exe")"
