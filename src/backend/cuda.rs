@@ -2,7 +2,8 @@
 //! launched through cudarc. Every op has its CPU twin in `cpu.rs` with the same name and the same layouts.
 //!
 //! - One context, one stream: every op is queued on `stream` and returns at once; `download` and
-//!   `synchronize` wait. Kernel faults surface at the next wait.
+//!   `synchronize` wait. Kernel faults surface at the next wait. The one exception is `prefetch` (a data set
+//!   kept on the host), whose copies run on a second stream, ordered against the first by events.
 //! - Buffers are `CudaSlice<f32>` / `CudaSlice<u32>` owned by the backend and freed when it is dropped.
 //! - A region is passed to a kernel as the raw device address of its first element (`ptr`). See `ptr` for why
 //!   that is sound; the trait's rule that outputs never overlap inputs is asserted at every op.
@@ -254,6 +255,18 @@ fn device_info(ordinal: usize) -> Result<DeviceInfo> {
     })
 }
 
+/// The oldest CUDA version a driver may support: that of cudarc's bindings (`cuda-11080` in Cargo.toml).
+const MIN_DRIVER: (i32, i32) = (11, 8);
+
+/// Whether a driver that supports CUDA `version` ("12.2", as [`DeviceInfo::driver_version`]) is older than
+/// [`MIN_DRIVER`]; false when the version does not parse (then the driver is let try).
+fn driver_too_old(version: &str) -> bool {
+    version
+        .split_once('.')
+        .and_then(|(major, minor)| Some((major.parse::<i32>().ok()?, minor.parse::<i32>().ok()?)))
+        .is_some_and(|v| v < MIN_DRIVER)
+}
+
 /// Every CUDA device the driver sees (empty when it sees none). Errors when there is no driver.
 pub fn list_devices() -> Result<Vec<DeviceInfo>> {
     (0..device_count()?).map(device_info).collect()
@@ -493,6 +506,16 @@ pub fn check_device(ordinal: usize) -> Result<DeviceInfo> {
         )));
     }
     let info = device_info(ordinal)?;
+    // cudarc's bindings are those of the CUDA 11.8 driver API (Cargo.toml), resolved symbol by symbol on first
+    // use, and a symbol an older driver lacks panics there (a graph's instantiation, in the middle of
+    // training) rather than failing here. PTX from nvcc 11.8 needs such a driver anyway.
+    if driver_too_old(&info.driver_version) {
+        return Err(Error::Device(format!(
+            "CUDA unavailable: the NVIDIA driver supports CUDA {}, tiedae needs one for CUDA {}.{} or newer \
+             (driver 520 or later); update the driver or use --device cpu",
+            info.driver_version, MIN_DRIVER.0, MIN_DRIVER.1
+        )));
+    }
     let (major, minor) = info.compute_capability;
     let arch: i32 = ptx_arch()
         .trim_start_matches("compute_")
@@ -520,9 +543,12 @@ impl CudaBackend {
             &format!("creating a CUDA context on device {ordinal}"),
             || CudaContext::new(ordinal),
         )?;
-        // SAFETY: this backend queues everything (allocations, copies, launches, frees) on the one stream
-        // created below, so stream order alone orders every use of every buffer; cudarc's per-buffer events
-        // (for multi-stream use) would only add overhead. Nothing was allocated on this context before.
+        // SAFETY: this backend queues everything (allocations, copies, launches, frees) on the stream created
+        // below, so stream order alone orders every use of every buffer; cudarc's per-buffer events (for
+        // multi-stream use) would only add overhead. The one exception, `prefetch`'s copy stream, orders
+        // itself against this one with events of its own (see `prefetch`): its first copy waits for every op
+        // queued before it, each later one for the ops queued before the previous call, and the compute
+        // stream waits for each copy. Nothing was allocated on this context before.
         unsafe { ctx.disable_event_tracking() };
         let stream = guarded("creating a CUDA stream", || ctx.new_stream())?;
 
@@ -807,9 +833,12 @@ impl CudaBackend {
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         self.abort_capture();
-        // Let queued kernels finish before the buffers they use are freed. An error here was already
-        // reported by the op that caused it, or will never be read.
+        // Let queued kernels and copies finish before the buffers they use are freed. An error here was
+        // already reported by the op that caused it, or will never be read.
         let _ = self.stream.synchronize();
+        if let Some(c) = &self.copies {
+            let _ = c.stream.synchronize();
+        }
     }
 }
 
@@ -954,11 +983,17 @@ impl Backend for CudaBackend {
         let now = compute
             .record_event(None)
             .map_err(|e| device_error(&what("recording an event"), e))?;
-        if let Some(before) = c.before_previous.replace(now) {
-            c.stream
-                .wait(&before)
-                .map_err(|e| device_error(&what("ordering the copy stream"), e))?;
-        }
+        // The copy waits for the ops queued before the previous call; the first copy, which has no previous
+        // call, for every op queued so far (among them the allocation and zeroing of `dst` itself, queued on
+        // the compute stream: the two streams are not ordered otherwise).
+        let wait_for = match &c.before_previous {
+            Some(before) => before,
+            None => &now,
+        };
+        c.stream
+            .wait(wait_for)
+            .map_err(|e| device_error(&what("ordering the copy stream"), e))?;
+        c.before_previous = Some(now);
         let slot = c.next;
         c.next ^= 1;
         if let Some(copied) = &c.copied[slot] {
@@ -991,15 +1026,22 @@ impl Backend for CudaBackend {
             )
         }
         .map_err(|e| device_error(&what("queuing the copy"), e))?;
-        let copied = c
-            .stream
-            .record_event(None)
-            .map_err(|e| device_error(&what("recording an event"), e))?;
-        compute
-            .wait(&copied)
-            .map_err(|e| device_error(&what("ordering the compute stream"), e))?;
-        c.copied[slot] = Some(copied);
-        Ok(())
+        let ordered = c.stream.record_event(None).and_then(|copied| {
+            compute.wait(&copied)?;
+            Ok(copied)
+        });
+        match ordered {
+            Ok(copied) => {
+                c.copied[slot] = Some(copied);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing orders the queued copy now: let it finish before its buffers can be refilled or
+                // freed. (Its own error, if any, is the one reported.)
+                let _ = c.stream.synchronize();
+                Err(device_error(&what("ordering the compute stream"), e))
+            }
+        }
     }
 
     fn upload_indices(&mut self, dst: IdxId, offset: usize, src: &[u32]) -> Result<()> {
@@ -1541,7 +1583,19 @@ impl Backend for CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{GemmKernel, GemmPlan, GEMM_BK};
+    use super::{driver_too_old, GemmKernel, GemmPlan, GEMM_BK};
+
+    #[test]
+    fn drivers_older_than_the_bindings_are_refused() {
+        for old in ["10.2", "11.0", "11.4", "11.7"] {
+            assert!(driver_too_old(old), "{old}");
+        }
+        for new in ["11.8", "12.0", "12.10", "13.0"] {
+            assert!(!driver_too_old(new), "{new}");
+        }
+        // A version that does not parse is let try (the driver's own errors still apply).
+        assert!(!driver_too_old("unknown"));
+    }
 
     const H100_SMS: usize = 132;
     const GTX1060_SMS: usize = 10;

@@ -301,8 +301,9 @@ pub trait Backend {
         self.upload_indices(dst, 0, &order)
     }
     /// Host → backend copy of `src` into `dst`, which may overlap the ops queued since the previous
-    /// `prefetch` call: those must not use `dst`. Ops queued before the previous call are done before the
-    /// copy starts, and ops queued after this call see the copied values. A batch of a data set kept on the
+    /// `prefetch` call: those must not use `dst`. Ops queued before the previous call (before the first
+    /// call: every op queued so far, the allocation of `dst` among them) are done before the copy starts,
+    /// and ops queued after this call see the copied values. A batch of a data set kept on the
     /// host is copied this way, into one of two buffers by turns, while the GPU works on the other. This
     /// default is `upload` (nothing to overlap).
     fn prefetch(&mut self, dst: Region, src: &[Self::Scalar]) -> Result<()> {

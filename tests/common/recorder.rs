@@ -108,6 +108,8 @@ impl Backend for Recorder {
         let overlaps = |r: &Region| {
             r.buf == dst.buf && r.offset < dst.offset + dst.len && dst.offset < r.offset + r.len
         };
+        // Stricter than the trait for the first call, which may overlap nothing queued before it at all:
+        // the trainer needs no such latitude, so the check is the same for every call.
         if let Some(r) = self.since_prefetch.iter().find(|r| overlaps(r)) {
             panic!(
                 "prefetch into {dst:?}, which an op queued since the last prefetch uses ({r:?})"
