@@ -6,6 +6,7 @@
 #
 # Then, on the GPU machine, FROM THE ROOT OF A CHECKOUT OF THE SAME COMMIT:
 #   scripts/gpu-check.sh gpu-bundle gpu-logs
+# (with the device tool: GPU_CHECK_SECONDS=540 GPU_CHECK_OUT=$OUT scripts/gpu-check.sh gpu-bundle /tmp/gpu-logs)
 # The test executables find their data through paths fixed at compile time (env!("CARGO_MANIFEST_DIR"),
 # recorded in BUNDLE/MANIFEST); gpu-check.sh runs them from the repo root and, when the checkout lives
 # elsewhere, links the recorded path to it if it can.
@@ -96,10 +97,17 @@ if [ -d tests/data ]; then
   cp -r tests/data/. "$bundle/tests/data/"
 fi
 
+# What the binaries were built from, so that gpu-check.sh can tell a bundle that is older than the checkout
+# it runs in (the device gets a copy of the working tree without .git): the source files' list and one hash
+# over their contents.
+git ls-files src kernels tests benches build.rs Cargo.toml Cargo.lock >"$bundle/SOURCES"
+sources_hash="$(while read -r f; do sha256sum "$f"; done <"$bundle/SOURCES" | sha256sum | cut -d' ' -f1)"
+
 {
   echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -srm)"
   echo "manifest_dir $root"
+  echo "sources $sources_hash"
   "$bundle/tiedae" info 2>/dev/null | grep -i "kernels" || true
   echo "tests:"
   find "$bundle/tests" -maxdepth 1 -type f -printf '  %f\n' | sort
