@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 
 mod launch;
 pub use launch::kernel_signatures;
-use launch::{DevPtr, KernelAdamConfig, Kernels};
+use launch::{DevPtr, Kernel, KernelAdamConfig, KernelParams, Kernels};
 
 /// The PTX of `kernels/*.cu` as written by `build.rs`: `PTX_ARCH`, `NVCC_VERSION` and `MODULES`.
 mod kernels {
@@ -632,12 +632,10 @@ impl CudaBackend {
         let trans_a = i32::from(g.trans_a == Trans::T);
         let trans_b = i32::from(g.trans_b == Trans::T);
         let plan = self.gemm_kernel.plan(m, n, k, self.info.multiprocessors);
-        let (name, tile, threads, splits, k_split) = match plan {
-            GemmPlan::Large => ("gemm_large", GEMM_LARGE_TILE, GEMM_LARGE_THREADS, 1, 0),
-            GemmPlan::Tile64 => ("gemm", GEMM_TILE, GEMM_THREADS, 1, 0),
-            GemmPlan::SplitK { k_split, splits } => {
-                ("gemm", GEMM_TILE, GEMM_THREADS, splits, k_split)
-            }
+        let (tile, threads, splits, k_split) = match plan {
+            GemmPlan::Large => (GEMM_LARGE_TILE, GEMM_LARGE_THREADS, 1, 0),
+            GemmPlan::Tile64 => (GEMM_TILE, GEMM_THREADS, 1, 0),
+            GemmPlan::SplitK { k_split, splits } => (GEMM_TILE, GEMM_THREADS, splits, k_split),
         };
         // Split-K's partial sums: splits·m·n floats of the backend's scratch, grown when too small.
         let p_partials = if let GemmPlan::SplitK { .. } = plan {
@@ -679,46 +677,44 @@ impl CudaBackend {
         // partials is null (gridDim.z = 1), or holds splits·m·n floats (grown above) and gridDim.z = splits
         // = ⌈K / k_split⌉ with k_split a multiple of BK, so block z writes only partials[z] and every k lies
         // in one split.
-        let launched = if plan == GemmPlan::Large {
+        if plan == GemmPlan::Large {
             // SAFETY: as said above.
             unsafe {
-                self.k.gemm_large.launch(
-                    &self.stream,
+                self.launch(
+                    &self.k.gemm_large,
                     cfg,
                     (
                         p_a, p_b, p_c, m_i, n_i, k_i, trans_a, trans_b, alpha, g.beta, p_bias, act,
                     ),
                 )
-            }
+            }?;
         } else {
             // SAFETY: as said above.
             unsafe {
-                self.k.gemm.launch(
-                    &self.stream,
+                self.launch(
+                    &self.k.gemm,
                     cfg,
                     (
                         p_a, p_b, p_c, m_i, n_i, k_i, trans_a, trans_b, alpha, g.beta, p_bias, act,
                         p_partials, k_split_i,
                     ),
                 )
-            }
-        };
-        launched.map_err(|e| self.launch_error(name, e))?;
+            }?;
+        }
         if let GemmPlan::SplitK { splits, .. } = plan {
             let splits_i = splits as i32;
             // SAFETY: gemm_split_reduce(partials, splits, C, M, N, alpha, beta, bias, act): partials holds
             // splits·m·n floats, all written by the launch above (stream order), C holds m·n floats, bias is
             // null or n floats (see the launch above); a grid-stride loop, so any grid works.
             unsafe {
-                self.k.gemm_split_reduce.launch(
-                    &self.stream,
+                self.launch(
+                    &self.k.gemm_split_reduce,
                     grid_1d(m * n),
                     (
                         p_partials, splits_i, p_c, m_i, n_i, alpha, g.beta, p_bias, act,
                     ),
                 )
-            }
-            .map_err(|e| self.launch_error("gemm_split_reduce", e))?;
+            }?;
         }
         Ok(())
     }
@@ -741,7 +737,7 @@ impl CudaBackend {
     /// and that the counts it passes match the regions. The buffers stay alive until the backend is dropped,
     /// and `Drop` waits for the stream first. Because outputs and inputs are separate regions (asserted), an
     /// output may live in the same buffer as an input, which `&mut`/`&` views of one `CudaSlice` could not
-    /// express. No cudarc event is skipped: event tracking is off (one stream, see `new`), so the guard that
+    /// express. No cudarc event is skipped: event tracking is off (see `new`), so the guard that
     /// `device_ptr` returns is empty.
     fn ptr(&self, r: Region) -> DevPtr {
         self.address(&self.bufs, r.buf.0, r.offset, r.len, "buffer")
@@ -803,17 +799,27 @@ impl CudaBackend {
         // num_partials (<= MSE_MAX_BLOCKS) partials were written by the caller's launch just before (stream
         // order), p_out addresses one float (the caller checked it with `ptr`); one block of MSE_THREADS
         // threads as the kernel requires.
-        unsafe {
-            self.k
-                .mse_finalize
-                .launch(&self.stream, cfg, (p_partials, num_partials, p_out))
-        }
-        .map_err(|e| self.launch_error("mse_finalize", e))?;
+        unsafe { self.launch(&self.k.mse_finalize, cfg, (p_partials, num_partials, p_out)) }?;
         Ok(())
     }
 
     fn launch_error(&self, kernel: &str, e: DriverError) -> Error {
         device_error(&format!("launching {kernel} on {}", self.info.name), e)
+    }
+
+    /// Queues `kernel` with `params` on the compute stream; a failure names the kernel and the GPU.
+    ///
+    /// # Safety
+    /// [`Kernel::launch`]'s: the kernel's own contract for these pointers, sizes and grid.
+    unsafe fn launch<P: KernelParams>(
+        &self,
+        kernel: &Kernel<P>,
+        cfg: LaunchConfig,
+        params: P,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { kernel.launch(&self.stream, cfg, params) }
+            .map_err(|e| self.launch_error(kernel.name(), e))
     }
 }
 
@@ -915,8 +921,8 @@ impl Backend for CudaBackend {
         // asked for / cols, so an empty data set has 0 rows) and the kernel reads it only for indices <
         // data_rows.
         unsafe {
-            self.k.gather_rows_half.launch(
-                &self.stream,
+            self.launch(
+                &self.k.gather_rows_half,
                 cfg,
                 (
                     p_data,
@@ -928,8 +934,7 @@ impl Backend for CudaBackend {
                     format_code,
                 ),
             )
-        }
-        .map_err(|e| self.launch_error("gather_rows_half", e))?;
+        }?;
         Ok(())
     }
 
@@ -1087,12 +1092,7 @@ impl Backend for CudaBackend {
         let n = dst.len as u64;
         // SAFETY: fill(float* dst, u64 n, float value); p_dst addresses dst.len floats of a live buffer
         // (checked by `ptr`) and n == dst.len.
-        unsafe {
-            self.k
-                .fill
-                .launch(&self.stream, grid_1d(dst.len), (p_dst, n, value))
-        }
-        .map_err(|e| self.launch_error("fill", e))?;
+        unsafe { self.launch(&self.k.fill, grid_1d(dst.len), (p_dst, n, value)) }?;
         Ok(())
     }
 
@@ -1114,12 +1114,7 @@ impl Backend for CudaBackend {
         });
         // SAFETY: shuffle_order(u32* order, u32 rows, u64 key); p_dst addresses `rows` indices of a live index
         // buffer (checked by `idx_ptr`), and the kernel writes order[0..rows] only.
-        unsafe {
-            self.k
-                .shuffle_order
-                .launch(&self.stream, grid_1d(rows), (p_dst, rows_u, key))
-        }
-        .map_err(|e| self.launch_error("shuffle_order", e))?;
+        unsafe { self.launch(&self.k.shuffle_order, grid_1d(rows), (p_dst, rows_u, key)) }?;
         Ok(())
     }
 
@@ -1144,13 +1139,12 @@ impl Backend for CudaBackend {
         // least data_rows·cols floats (data_rows = data.len / cols), and the kernel reads data only for
         // indices < data_rows; all three regions were checked by `ptr`/`idx_ptr`.
         unsafe {
-            self.k.gather_rows.launch(
-                &self.stream,
+            self.launch(
+                &self.k.gather_rows,
                 cfg,
                 (p_data, p_idx, p_out, out_rows, cols_u, data_rows),
             )
-        }
-        .map_err(|e| self.launch_error("gather_rows", e))?;
+        }?;
         Ok(())
     }
 
@@ -1197,11 +1191,12 @@ impl Backend for CudaBackend {
         // SAFETY: bias_act(float* z, const float* bias, u64 n, u64 cols, u32 act); z holds n floats and bias
         // holds cols floats (asserted; both checked by `ptr`); the kernel reads bias[i % cols] only.
         unsafe {
-            self.k
-                .bias_act
-                .launch(&self.stream, grid_1d(z.len), (p_z, p_bias, n, cols_u, code))
-        }
-        .map_err(|e| self.launch_error("bias_act", e))?;
+            self.launch(
+                &self.k.bias_act,
+                grid_1d(z.len),
+                (p_z, p_bias, n, cols_u, code),
+            )
+        }?;
         Ok(())
     }
 
@@ -1217,11 +1212,12 @@ impl Backend for CudaBackend {
         // SAFETY: act_backward(float* grad, const float* y, u64 n, u32 act); grad and y hold n floats each
         // (asserted; checked by `ptr`).
         unsafe {
-            self.k
-                .act_backward
-                .launch(&self.stream, grid_1d(grad.len), (p_grad, p_y, n, code))
-        }
-        .map_err(|e| self.launch_error("act_backward", e))?;
+            self.launch(
+                &self.k.act_backward,
+                grid_1d(grad.len),
+                (p_grad, p_y, n, code),
+            )
+        }?;
         Ok(())
     }
 
@@ -1263,13 +1259,12 @@ impl Backend for CudaBackend {
             // partials holds MSE_MAX_BLOCKS >= gridDim.x doubles; blockDim.x == MSE_THREADS as the kernel's
             // shared-memory tree requires.
             unsafe {
-                self.k.mse_backward.launch(
-                    &self.stream,
+                self.launch(
+                    &self.k.mse_backward,
                     cfg,
                     (p_pred, p_target, p_grad, p_partials, n_u, scale, code),
                 )
-            }
-            .map_err(|e| self.launch_error("mse_backward", e))?;
+            }?;
         }
         self.finalize_partials(p_partials, blocks, p_loss)
     }
@@ -1300,12 +1295,7 @@ impl Backend for CudaBackend {
         // SAFETY: col_sum(const float* m, float* out, u64 rows, u64 cols); m holds rows·cols floats and out
         // cols floats (asserted; checked by `ptr`); blockDim is (COL_SUM_TX, COL_SUM_TY) as the kernel's
         // shared tile requires.
-        unsafe {
-            self.k
-                .col_sum
-                .launch(&self.stream, cfg, (p_m, p_out, rows, cols_u))
-        }
-        .map_err(|e| self.launch_error("col_sum", e))?;
+        unsafe { self.launch(&self.k.col_sum, cfg, (p_m, p_out, rows, cols_u)) }?;
         Ok(())
     }
 
@@ -1323,13 +1313,12 @@ impl Backend for CudaBackend {
         // SAFETY: sgd_step(float* w, const float* g, float* v, u64 n, float lr, float momentum); w, g, v hold
         // n floats each (asserted; checked by `ptr`) and do not overlap (asserted).
         unsafe {
-            self.k.sgd_step.launch(
-                &self.stream,
+            self.launch(
+                &self.k.sgd_step,
                 grid_1d(w.len),
                 (p_w, p_g, p_v, n, lr, momentum),
             )
-        }
-        .map_err(|e| self.launch_error("sgd_step", e))?;
+        }?;
         Ok(())
     }
 
@@ -1370,13 +1359,12 @@ impl Backend for CudaBackend {
         // AdamConfig cfg); the four regions hold n floats each and alpha one (asserted; checked by `ptr`), the
         // outputs overlap no input (asserted); KernelAdamConfig has the kernel's C layout.
         unsafe {
-            self.k.adam_step.launch(
-                &self.stream,
+            self.launch(
+                &self.k.adam_step,
                 grid_1d(w.len),
                 (p_w, p_g, p_m, p_v, n, p_alpha, cfg),
             )
-        }
-        .map_err(|e| self.launch_error("adam_step", e))?;
+        }?;
         Ok(())
     }
 
@@ -1391,11 +1379,12 @@ impl Backend for CudaBackend {
         // SAFETY: diagonal_affine(float* m, u64 n, float scale, float shift); m holds n·n floats (asserted;
         // checked by `ptr`) and the kernel touches only m[i·(n + 1)] for i < n, the last being n·n − 1.
         unsafe {
-            self.k
-                .diagonal_affine
-                .launch(&self.stream, grid_1d(n), (p_m, n_u, scale, shift))
-        }
-        .map_err(|e| self.launch_error("diagonal_affine", e))?;
+            self.launch(
+                &self.k.diagonal_affine,
+                grid_1d(n),
+                (p_m, n_u, scale, shift),
+            )
+        }?;
         Ok(())
     }
 
@@ -1419,12 +1408,7 @@ impl Backend for CudaBackend {
             // SAFETY: sum_squares_partials(const float* x, double* partials, u64 n); x holds n floats
             // (checked by `ptr`); partials holds MSE_MAX_BLOCKS >= gridDim.x doubles; blockDim.x ==
             // MSE_THREADS == SUM_SQUARES_THREADS as the kernel's shared-memory tree requires.
-            unsafe {
-                self.k
-                    .sum_squares_partials
-                    .launch(&self.stream, cfg, (p_x, p_partials, n))
-            }
-            .map_err(|e| self.launch_error("sum_squares_partials", e))?;
+            unsafe { self.launch(&self.k.sum_squares_partials, cfg, (p_x, p_partials, n)) }?;
         }
         self.finalize_partials(p_partials, blocks, p_out)
     }
@@ -1442,12 +1426,7 @@ impl Backend for CudaBackend {
         // SAFETY: div_by_sqrt(float* x, const float* sum_sq, u64 n); x holds n floats, sum_sq one float
         // (both checked by `ptr`), and they do not overlap (asserted): every thread reads sum_sq[0] while
         // others write x.
-        unsafe {
-            self.k
-                .div_by_sqrt
-                .launch(&self.stream, grid_1d(x.len), (p_x, p_s, n))
-        }
-        .map_err(|e| self.launch_error("div_by_sqrt", e))?;
+        unsafe { self.launch(&self.k.div_by_sqrt, grid_1d(x.len), (p_x, p_s, n)) }?;
         Ok(())
     }
 
@@ -1466,11 +1445,12 @@ impl Backend for CudaBackend {
         // SAFETY: normalize_columns(float* m, u64 rows, u64 cols); m holds rows·cols floats (asserted;
         // checked by `ptr`); blockDim is (COLUMN_TX, COLUMN_TY) as the kernel's shared tile requires.
         unsafe {
-            self.k
-                .normalize_columns
-                .launch(&self.stream, column_grid(cols), (p_m, rows, cols_u))
-        }
-        .map_err(|e| self.launch_error("normalize_columns", e))?;
+            self.launch(
+                &self.k.normalize_columns,
+                column_grid(cols),
+                (p_m, rows, cols_u),
+            )
+        }?;
         Ok(())
     }
 
@@ -1492,13 +1472,12 @@ impl Backend for CudaBackend {
         // floats each (asserted; checked by `ptr`), rows >= 1, and they do not overlap (asserted);
         // blockDim is (COLUMN_TX, COLUMN_TY) as the kernel's shared tile requires.
         unsafe {
-            self.k.center_columns.launch(
-                &self.stream,
+            self.launch(
+                &self.k.center_columns,
                 column_grid(cols),
                 (p_m, p_out, rows, cols_u),
             )
-        }
-        .map_err(|e| self.launch_error("center_columns", e))?;
+        }?;
         Ok(())
     }
 

@@ -89,15 +89,22 @@ kernel_params!(A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9, K.10, L.11, M.1
 /// A loaded kernel entry point whose parameters are the tuple `P`.
 pub(super) struct Kernel<P> {
     function: CudaFunction,
+    name: &'static str,
     params: PhantomData<fn(P)>,
 }
 
 impl<P: KernelParams> Kernel<P> {
-    pub(super) fn new(function: CudaFunction) -> Kernel<P> {
+    pub(super) fn new(function: CudaFunction, name: &'static str) -> Kernel<P> {
         Kernel {
             function,
+            name,
             params: PhantomData,
         }
+    }
+
+    /// The entry point's name (errors name the kernel that failed).
+    pub(super) fn name(&self) -> &'static str {
+        self.name
     }
 
     /// Queues one launch of the kernel on `stream`.
@@ -133,7 +140,7 @@ macro_rules! kernels {
                 mut get: impl FnMut(&str, &str) -> Result<CudaFunction, E>,
             ) -> Result<Kernels, E> {
                 Ok(Kernels {
-                    $($field: Kernel::new(get($module, stringify!($field))?),)+
+                    $($field: Kernel::new(get($module, stringify!($field))?, stringify!($field)),)+
                 })
             }
         }
