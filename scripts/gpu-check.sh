@@ -49,6 +49,13 @@ out="${GPU_CHECK_OUT:-}"
 if [ -n "$out" ]; then
   mkdir -p "$out"
   out="$(cd "$out" && pwd)"
+  case "$logdir/" in
+    "$out"/*)
+      # The logs' dozens of files would crowd out the three that matter.
+      echo "gpu-check: LOGDIR ($logdir) must not be inside GPU_CHECK_OUT ($out): use e.g. /tmp/gpu-logs" >&2
+      exit 2
+      ;;
+  esac
   : >"$out/all-logs.txt"
 fi
 
