@@ -167,6 +167,7 @@ fi
 
 # cudarc, built against CUDA 11.8, opens libcublas.so or libcublas.so.{12,11,10,9,1}, and a CUDA 13 machine may
 # have only libcublas.so.13: then give it the unversioned name (benches/gpu_gemm's cuBLAS side needs it).
+cublas_path=""
 cublas_found="$(python3 -c '
 import ctypes
 for n in ["libcublas.so", "libcublas.so.12", "libcublas.so.11", "libcublas.so.10", "libcublas.so.9", "libcublas.so.1"]:
@@ -183,7 +184,8 @@ if [ -z "$cublas_found" ]; then
   cublas_lib="$(find /usr/local/cuda* /usr/lib/x86_64-linux-gnu /usr/local/lib $site_dirs -name 'libcublas.so.*' \
     ! -name '*Lt*' 2>/dev/null | sort -V | tail -n 1)"
   if [ -n "$cublas_lib" ] && mkdir -p /tmp/tiedae-cublas && ln -sf "$cublas_lib" /tmp/tiedae-cublas/libcublas.so; then
-    export LD_LIBRARY_PATH="/tmp/tiedae-cublas:$(dirname "$cublas_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # For benches/gpu_gemm only: PyTorch keeps the cuBLAS of its own wheel.
+    cublas_path="/tmp/tiedae-cublas:$(dirname "$cublas_lib")"
     echo "gpu-check: cuBLAS for cudarc: /tmp/tiedae-cublas/libcublas.so -> $cublas_lib" | tee -a "$summary"
   else
     echo "gpu-check: no libcublas found; the cuBLAS comparison will fail" | tee -a "$summary"
@@ -302,7 +304,8 @@ for r in bad:
 print(len(rows), "rows,", len(bad), "with graph failures")
 sys.exit(1 if bad or not rows else 0)' "$logdir/bench-tiedae.jsonl"
 if [ -x "$bundle/benches/gpu_gemm" ]; then
-  step bench-gemm-vs-cublas 240 "$bundle/benches/gpu_gemm" --bench --warm-up-time 0.3 --measurement-time 0.7
+  step bench-gemm-vs-cublas 240 env LD_LIBRARY_PATH="${cublas_path:+$cublas_path:}${LD_LIBRARY_PATH:-}" \
+    "$bundle/benches/gpu_gemm" --bench --warm-up-time 0.3 --measurement-time 0.7
 else
   note bench-gemm-vs-cublas FAIL 0 "no benches/gpu_gemm in $bundle"
   failures=$((failures + 1))

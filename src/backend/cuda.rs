@@ -481,8 +481,10 @@ fn gather_config(cols: usize, out_rows: usize) -> LaunchConfig {
 }
 
 /// Everything that decides whether GPU `ordinal` can run our kernels, without creating a context: kernels
-/// built in, a driver, the device there, a compute capability the PTX can target. `CudaBackend::new` and
-/// `--device auto` both ask this, so auto falls back to the CPU in exactly the cases `new` would refuse.
+/// built in, a driver new enough, the device there, a compute capability the PTX can target.
+/// `CudaBackend::new` and `--device auto` both ask this, so auto falls back to the CPU in every case `new`
+/// refuses before it creates a context. What fails after that (a GPU that another process holds in
+/// exclusive mode, a module the driver will not load) is an error under auto too, not a fallback.
 pub fn check_device(ordinal: usize) -> Result<DeviceInfo> {
     if !is_built_with_kernels() {
         return Err(Error::Device(NO_KERNELS_MESSAGE.to_string()));
