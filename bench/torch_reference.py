@@ -36,6 +36,7 @@ import sys
 import time
 
 import torch
+import torch._dynamo  # torch.compile's own (reset between runs)
 
 WORKLOADS = {
     "seed": dict(layers=[51, 1], activation="linear", optimizer="sgd", batch=16, rows=4096),
