@@ -1030,8 +1030,13 @@ fn info() -> Result<()> {
         Ok(devices) if devices.is_empty() => println!("cuda: no device"),
         Ok(devices) => {
             for d in devices {
+                // What `--device cuda:N` would say, checked the same way (kernels, driver, architecture).
+                let usable = match cuda::check_device(d.ordinal) {
+                    Ok(_) => "usable".to_string(),
+                    Err(e) => format!("not usable: {e}"),
+                };
                 println!(
-                    "cuda:{} {} (compute {}.{}, {:.1} GiB, driver {})",
+                    "cuda:{} {} (compute {}.{}, {:.1} GiB, driver for CUDA {}): {usable}",
                     d.ordinal,
                     d.name,
                     d.compute_capability.0,
