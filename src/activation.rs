@@ -1,6 +1,7 @@
 //! Activations. The backward pass needs only each layer's OUTPUT y = f(z): every activation we offer has a
 //! derivative that is a function of y, so no pre-activation buffer is kept (CPU and CUDA alike).
 
+use crate::real::Real;
 use std::fmt;
 use std::str::FromStr;
 
@@ -37,7 +38,7 @@ impl Activation {
 
     /// y = f(z). Mirrors `apply_activation` in `kernels/common.cuh`.
     #[inline(always)]
-    pub fn forward<T: crate::backend::Real>(self, z: T) -> T {
+    pub fn forward<T: Real>(self, z: T) -> T {
         match self {
             Activation::Linear => z,
             Activation::Relu => {
@@ -54,7 +55,7 @@ impl Activation {
 
     /// f'(z) written in terms of y = f(z). Mirrors `activation_grad_from_output` in `kernels/common.cuh`.
     #[inline(always)]
-    pub fn grad_from_output<T: crate::backend::Real>(self, y: T) -> T {
+    pub fn grad_from_output<T: Real>(self, y: T) -> T {
         match self {
             Activation::Linear => T::one(),
             // relu'(0) = 0, as in TensorFlow.

@@ -5,7 +5,7 @@
 //! materialized: the GEMM reads `W` with swapped strides (CPU) or a transpose flag (CUDA).
 //!
 //! Where to look:
-//! - `train.rs`: the training step and the epoch loop, written once for every backend.
+//! - `train/`: the training step and the epoch loop, written once for every backend.
 //! - `backend/mod.rs`: the ops a step needs; `backend/cpu.rs` is the reference twin of every CUDA kernel in
 //!   `kernels/*.cu`, launched from `backend/cuda.rs`.
 //! - `model.rs`: widths, activations and where each parameter lives in the flat parameter buffer.
@@ -20,6 +20,7 @@ pub mod io;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod real;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -103,21 +103,17 @@ impl<T: Real> CpuBackend<T> {
         // SAFETY: the asserts above make A, B and C exactly m·k, k·n and m·n elements, and the strides
         // describe those row-major shapes; C does not alias A or B (C is a mutable borrow).
         unsafe {
-            T::gemm_strided(
+            matrixmultiply_gemm(
                 m,
                 k,
                 n,
-                T::from_f32(g.alpha),
-                a_in.as_ptr(),
-                rsa,
-                csa,
-                b_in.as_ptr(),
-                rsb,
-                csb,
-                T::from_f32(g.beta),
-                c_out.as_mut_ptr(),
-                n as isize,
-                1,
+                g.alpha,
+                a_in,
+                (rsa, csa),
+                b_in,
+                (rsb, csb),
+                g.beta,
+                c_out,
             )
         }
     }
@@ -340,6 +336,75 @@ fn pairs_side_by_side<T: 'static>() -> bool {
     return our_gemm::<T>().is_some();
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// `c = alpha·op(a)·op(b) + beta·c` by matrixmultiply (strided, multithreaded): f64 always, and f32 where our
+/// GEMM does not run. `T` is f32 or f64, the two `Real` types.
+///
+/// # Safety
+/// `a` and `b` with their (row, column) strides must cover op(A) m×k and op(B) k×n; `c` holds m×n, row-major.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matrixmultiply_gemm<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[T],
+    (rsa, csa): (isize, isize),
+    b: &[T],
+    (rsb, csb): (isize, isize),
+    beta: f32,
+    c: &mut [T],
+) {
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    let rsc = n as isize;
+    use std::any::TypeId;
+    if TypeId::of::<T>() == TypeId::of::<f32>() {
+        // SAFETY: T is f32, so the casts only rename the type; the caller's contract covers the rest.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                alpha,
+                a as *const f32,
+                rsa,
+                csa,
+                b as *const f32,
+                rsb,
+                csb,
+                beta,
+                c as *mut f32,
+                rsc,
+                1,
+            )
+        }
+    } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+        // SAFETY: T is f64, so the casts only rename the type; the caller's contract covers the rest.
+        unsafe {
+            matrixmultiply::dgemm(
+                m,
+                k,
+                n,
+                f64::from(alpha),
+                a as *const f64,
+                rsa,
+                csa,
+                b as *const f64,
+                rsb,
+                csb,
+                f64::from(beta),
+                c as *mut f64,
+                rsc,
+                1,
+            )
+        }
+    } else {
+        panic!(
+            "the CPU backend computes in f32 or f64, not {}",
+            std::any::type_name::<T>()
+        )
+    }
 }
 
 /// `a`, `b` and `c` hold exactly the m·k, k·n and m·n elements of `g`.

@@ -16,6 +16,8 @@ pub mod shuffle;
 use crate::activation::Activation;
 use crate::error::{Error, Result};
 
+pub use crate::real::Real;
+
 pub use cpu::CpuBackend;
 
 /// A buffer of scalars owned by a backend.
@@ -163,111 +165,6 @@ pub struct AdamConfig {
     pub beta2: f32,
     pub epsilon: f32,
 }
-
-/// The scalar type a backend computes in (f32 on the GPU; f32 or f64 on the CPU).
-pub trait Real:
-    Copy
-    + Default
-    + PartialOrd
-    + Send
-    + Sync
-    + std::fmt::Debug
-    + std::fmt::Display
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-    + std::ops::Neg<Output = Self>
-    + std::ops::AddAssign
-    + std::ops::MulAssign
-    + 'static
-{
-    fn zero() -> Self;
-    fn one() -> Self;
-    fn from_f64(x: f64) -> Self;
-    fn to_f64(self) -> f64;
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-    fn exp(self) -> Self;
-    fn tanh(self) -> Self;
-    fn sqrt(self) -> Self;
-    /// Row-major GEMM through `matrixmultiply` (strided, multithreaded).
-    ///
-    /// # Safety
-    /// The pointers with their strides must cover op(A) m×k, op(B) k×n and C m×n.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_strided(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
-}
-
-macro_rules! impl_real {
-    ($t:ty, $gemm:path) => {
-        impl Real for $t {
-            fn zero() -> Self {
-                0.0
-            }
-            fn one() -> Self {
-                1.0
-            }
-            fn from_f64(x: f64) -> Self {
-                x as $t
-            }
-            fn to_f64(self) -> f64 {
-                self as f64
-            }
-            fn from_f32(x: f32) -> Self {
-                x as $t
-            }
-            fn to_f32(self) -> f32 {
-                self as f32
-            }
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            fn tanh(self) -> Self {
-                <$t>::tanh(self)
-            }
-            fn sqrt(self) -> Self {
-                <$t>::sqrt(self)
-            }
-            unsafe fn gemm_strided(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: Self,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
-                beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
-            ) {
-                // SAFETY: forwarded from the caller's contract.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-            }
-        }
-    };
-}
-impl_real!(f32, matrixmultiply::sgemm);
-impl_real!(f64, matrixmultiply::dgemm);
 
 /// The ops of a training step. Each op has a CPU twin in `cpu.rs` and a kernel in `kernels/*.cu`; the doc of
 /// each method states the layouts. Regions passed as outputs never overlap regions passed as inputs.
