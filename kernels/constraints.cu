@@ -1,5 +1,5 @@
 // The small ops of the PCA-principle constraints (src/train/constraints.rs). Twins of `diagonal_affine`,
-// `sum_squares`, `div_by_sqrt`, `normalize_columns` and `center_columns` in src/backend/cpu.rs. The matrix
+// `sum_squares`, `div_by_sqrt`, `normalize_columns` and `center_columns` in src/backend/cpu/constraints.rs. The matrix
 // products of the constraints (WᵀW, W·G, Hcᵀ·Hc, Hc·C) are the GEMM of gemm.cu; these kernels only do what
 // a GEMM cannot: touch a diagonal, reduce to a norm that stays in device memory, and scale by it.
 //
@@ -10,10 +10,10 @@
 #include "common.cuh"
 
 // sum_squares_partials writes one double per block; `mse_finalize` of loss.cu sums them, so the block size
-// is MSE_THREADS of loss.cu and the grid at most MSE_MAX_BLOCKS (both in src/backend/cuda.rs).
+// is MSE_THREADS of loss.cu and the grid at most MSE_MAX_BLOCKS (both in src/backend/cuda/launch.rs).
 #define SUM_SQUARES_THREADS 256
 // normalize_columns and center_columns: COLUMN_TX threads along the columns (one warp reads 32 consecutive
-// floats of a row), COLUMN_TY along the rows; must match COLUMN_BLOCK in src/backend/cuda.rs.
+// floats of a row), COLUMN_TY along the rows; must match COLUMN_BLOCK in src/backend/cuda/launch.rs.
 #define COLUMN_TX 32
 #define COLUMN_TY 16
 

@@ -1,4 +1,4 @@
-// Batch assembly on the device. Twin of `gather_rows` in src/backend/cpu.rs.
+// Batch assembly on the device. Twin of `gather_rows` in src/backend/cpu/data.rs.
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/data.cu -o data.ptx
 #include "common.cuh"
@@ -39,7 +39,7 @@ __device__ __forceinline__ float half_bits_to_float(unsigned short bits, unsigne
 }
 
 // gather_rows for a data set kept at half size: data is (data_rows, cols) 16-bit floats of `format`, out is
-// (out_rows, cols) f32. Twin of `gather_rows_half` in src/backend/cpu.rs. Same launch shape as gather_rows.
+// (out_rows, cols) f32. Twin of `gather_rows_half` in src/backend/cpu/data.rs. Same launch shape as gather_rows.
 extern "C" __global__ void gather_rows_half(const unsigned short* __restrict__ data,
                                             const unsigned int* __restrict__ idx, float* __restrict__ out,
                                             unsigned long long out_rows, unsigned long long cols,
@@ -105,7 +105,7 @@ __device__ __forceinline__ unsigned int shuffled_row(unsigned int i, unsigned in
 }
 
 // order is (rows) u32: order[i] = shuffled_row(i, rows, the round keys of key). Twin of `fill_order` in
-// src/backend/shuffle.rs (`shuffle_order` in cpu.rs). One thread per position, grid-stride.
+// src/backend/shuffle.rs (`shuffle_order` in cpu/data.rs). One thread per position, grid-stride.
 extern "C" __global__ void shuffle_order(unsigned int* __restrict__ order, unsigned int rows,
                                          unsigned long long key) {
     unsigned int round_key[SHUFFLE_ROUNDS];

@@ -1,10 +1,10 @@
 // C = alpha·op(A)·op(B) + beta·C in f32, row-major, op ∈ {N, T} per operand by runtime flag, optionally followed
 // by C = f(C + bias) (the forward pass's bias and activation, fused into the epilogue). Twin of `gemm` and
-// `gemm_bias_act` in src/backend/cpu.rs. The tied autoencoder reads its one kernel W in both orientations
+// `gemm_bias_act` in src/backend/cpu/gemm.rs. The tied autoencoder reads its one kernel W in both orientations
 // through these flags (encoder x·W, decoder h·Wᵀ, and the two halves of dW): nothing is ever transposed in
 // memory.
 //
-// Two tilings of the same product, picked by the host per call (src/backend/cuda.rs, `GemmKernel`):
+// Two tilings of the same product, picked by the host per call (src/backend/cuda/gemm.rs, `GemmKernel`):
 //   - `gemm` (64×64 tiles, below): many small blocks, for the narrow shapes of a training step that would
 //     leave most SMs idle with bigger tiles;
 //   - `gemm_large` (128×128 tiles, 8×8 per thread, float4 global loads, double-buffered shared memory; see
@@ -32,7 +32,7 @@
 // thread overwrites As/Bs (next slice or next tile) while another still reads them. The loop bounds depend
 // only on blockIdx/gridDim and the kernel arguments: every thread of a block reaches every barrier.
 //
-// The host (src/backend/cuda.rs) checks the sizes of A, B, C against M, N, K, and that M, N, K fit in an int
+// The host (src/backend/cuda/gemm.rs) checks the sizes of A, B, C against M, N, K, and that M, N, K fit in an int
 // with room for one more tile (<= INT_MAX - 256), so no index below overflows; offsets into the matrices are
 // computed in size_t.
 //
@@ -61,7 +61,7 @@ __device__ __forceinline__ float gemm_epilogue(float acc, float alpha, float bet
 #define BK 16
 #define TM 4
 #define TN 4
-#define GEMM_THREADS ((BM / TM) * (BN / TN))  // 256: must match GEMM_THREADS in src/backend/cuda.rs
+#define GEMM_THREADS ((BM / TM) * (BN / TN))  // 256: must match GEMM_THREADS in src/backend/cuda/launch.rs
 #define SMEM_PAD 4
 
 // A is (M,K) row-major, or (K,M) when trans_a; B is (K,N) row-major, or (N,K) when trans_b; C is (M,N).
@@ -227,7 +227,7 @@ extern "C" __global__ void gemm_split_reduce(const float* __restrict__ partials,
 #define LBM 128
 #define LBN 128
 #define LBK 8
-#define GEMM_LARGE_THREADS 256  // (LBM / 8) · (LBN / 8): must match GEMM_LARGE_THREADS in src/backend/cuda.rs
+#define GEMM_LARGE_THREADS 256  // (LBM / 8) · (LBN / 8): must match GEMM_LARGE_THREADS in src/backend/cuda/launch.rs
 #define LPAD 4                  // rows of 132 floats: 528 bytes, a multiple of 16 (float4) and no bank clash
 
 // Four consecutive elements of a stored row-major matrix with `cols` columns, starting at (row, col):

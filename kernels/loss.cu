@@ -1,5 +1,5 @@
 // The MSE loss and its gradient taken through the output activation. Twin of `mse_backward` in
-// src/backend/cpu.rs: grad = 2/count·(pred − target)·f'(pred) and loss[0] = Σ (pred − target)² (overwritten).
+// src/backend/cpu/loss.rs: grad = 2/count·(pred − target)·f'(pred) and loss[0] = Σ (pred − target)² (overwritten).
 //
 // The sum is deterministic (same bits on every run, no atomics, no prior memset) and done in two launches on
 // one stream:
@@ -10,7 +10,7 @@
 //      and writes loss[0] as float. With num_partials == 0 (an empty batch) it writes 0.
 // `partials` is the backend's own scratch buffer of MSE_MAX_BLOCKS doubles; stream order makes reusing it
 // safe; `sum_squares` (constraints.cu) writes its per-block partials there too and ends with mse_finalize.
-// The two constants must match MSE_THREADS / MSE_MAX_BLOCKS in src/backend/cuda.rs.
+// The two constants must match MSE_THREADS / MSE_MAX_BLOCKS in src/backend/cuda/launch.rs.
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/loss.cu -o loss.ptx
 #include "common.cuh"

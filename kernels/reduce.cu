@@ -1,5 +1,5 @@
 // Column sums: the bias gradients (a bias is added to every row, so its gradient is the column sum of the
-// layer's output gradient). Twin of `col_sum` in src/backend/cpu.rs.
+// layer's output gradient). Twin of `col_sum` in src/backend/cpu/reduce.rs.
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/reduce.cu -o reduce.ptx
 #include "common.cuh"

@@ -6,8 +6,8 @@
 //!
 //! Where to look:
 //! - `train/`: the training step and the epoch loop, written once for every backend.
-//! - `backend/mod.rs`: the ops a step needs; `backend/cpu.rs` is the reference twin of every CUDA kernel in
-//!   `kernels/*.cu`, launched from `backend/cuda.rs`.
+//! - `backend/mod.rs`: the ops a step needs; `backend/cpu/` is the reference twin of every CUDA kernel in
+//!   `kernels/*.cu`, launched from `backend/cuda/` (one file per kernel file, of the same name).
 //! - `model.rs`: widths, activations and where each parameter lives in the flat parameter buffer.
 
 pub mod activation;

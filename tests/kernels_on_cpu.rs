@@ -2,7 +2,7 @@
 //!
 //! `tests/kernels_on_cpu/include/cuda_on_cpu.h` maps CUDA's built-ins onto C++ (one OS thread per GPU
 //! thread, real barriers for `__syncthreads`), so a C++ compiler builds `kernels/*.cu` unchanged; each
-//! `*_checks.cpp` beside it launches a kernel the way `src/backend/cuda.rs` does and compares it with an f64
+//! `*_checks.cpp` beside it launches a kernel the way `src/backend/cuda/` does and compares it with an f64
 //! reference of its contract (and the GEMM's two tilings with each other). This catches indexing, bounds,
 //! tiling and barrier-placement bugs on any machine; it cannot measure speed or show warp-level or
 //! memory-model effects (compute-sanitizer on a GPU does: scripts/gpu-check.sh).
@@ -164,7 +164,7 @@ fn constraints_kernels_on_cpu() {
     build_and_run("constraints_checks");
 }
 
-/// The values that src/backend/cuda.rs and kernels/*.cu must agree on (launch shapes, tiles, activation
+/// The values that src/backend/cuda/launch.rs and kernels/*.cu must agree on (launch shapes, tiles, activation
 /// codes, 16-bit formats: `cuda::kernel_constants()`) against the kernels' own `#define`s. A block of 128
 /// threads launched for a kernel whose shared-memory tree assumes 256 would sum garbage on a GPU, silently.
 #[test]
@@ -187,7 +187,7 @@ fn kernel_constants_match_the_host() {
         assert_eq!(
             in_kernels.get(name.as_str()),
             Some(value),
-            "{name}: kernels/*.cu (left) against src/backend/cuda.rs (right)"
+            "{name}: kernels/*.cu (left) against src/backend/cuda/launch.rs (right)"
         );
     }
     assert_eq!(

@@ -1,5 +1,5 @@
 // The kernels of kernels/constraints.cu, compiled for the CPU through cuda_on_cpu.h and launched as
-// src/backend/cuda.rs launches them, with its grid caps as parameters (smaller caps make blocks walk their
+// src/backend/cuda/constraints.rs launches them, with its grid caps as parameters (smaller caps make blocks walk their
 // stride loops):
 //   - diagonal_affine (grid_1d over n): m[i, i] = scale·m[i, i] + shift, or shift when scale == 0 (a NaN on
 //     the diagonal must not leak through); the CPU twin's float operations, so bit for bit; the rest of m
@@ -21,18 +21,18 @@
 #include "check_util.h"
 
 static_assert(SUM_SQUARES_THREADS == MSE_THREADS && MSE_THREADS == 256 && MSE_MAX_BLOCKS == 1024,
-              "MSE_THREADS / MSE_MAX_BLOCKS of src/backend/cuda.rs");
-static_assert(COLUMN_TX == 32 && COLUMN_TY == 16, "COLUMN_BLOCK of src/backend/cuda.rs");
+              "MSE_THREADS / MSE_MAX_BLOCKS of src/backend/cuda/launch.rs");
+static_assert(COLUMN_TX == 32 && COLUMN_TY == 16, "COLUMN_BLOCK of src/backend/cuda/launch.rs");
 
 namespace {
 
-// column_grid of src/backend/cuda.rs (its other launch shape, grid_1d, is check_util.h's), `cap` standing in
+// column_grid of src/backend/cuda/constraints.rs (its other launch shape, grid_1d, is check_util.h's), `cap` standing in
 // for MAX_BLOCKS.
 dim3 column_grid(size_t cols, size_t cap) {
     return dim3((unsigned int)std::clamp<size_t>((cols + COLUMN_TX - 1) / COLUMN_TX, 1, cap));
 }
 
-// The host side of each op (src/backend/cuda.rs).
+// The host side of each op (src/backend/cuda/constraints.rs).
 void host_diagonal_affine(float* m, size_t n, float scale, float shift, size_t cap) {
     if (n == 0) {
         return;

@@ -1,5 +1,5 @@
 // The batch gathers of kernels/data.cu (gather_rows, and gather_rows_half for IEEE f16 and bf16), compiled
-// for the CPU through cuda_on_cpu.h and launched as src/backend/cuda.rs launches them (gather_config: blocks
+// for the CPU through cuda_on_cpu.h and launched as src/backend/cuda/data.rs launches them (gather_config: blocks
 // of 256 threads, gridDim.x = min(⌈cols/256⌉, MAX_GRID_Y) over the columns, gridDim.y = min(out_rows,
 // MAX_GRID_Y) over the rows; smaller caps stand in for MAX_GRID_Y so that blocks walk both stride loops;
 // nothing is launched when out_rows·cols == 0). Checked against out[r, :] = data[idx[r], :], bit for bit
@@ -16,18 +16,18 @@
 
 namespace {
 
-// src/backend/cuda.rs: MAX_GRID_Y of gather_config (its THREADS is check_util.h's).
+// src/backend/cuda/launch.rs: MAX_GRID_Y of gather_config (its THREADS is check_util.h's).
 constexpr size_t MAX_GRID_Y = 65535;
 
 constexpr float SENTINEL = 777.0f;                // around the data: what a read out of range would see
 constexpr unsigned short HALF_SENTINEL = 0x3c00;  // 1.0 in f16, 2^-7·(1 + 60/128) in bf16: finite either way
 
-// gather_config of src/backend/cuda.rs, with the two caps as parameters (MAX_GRID_Y there).
+// gather_config of src/backend/cuda/data.rs, with the two caps as parameters (MAX_GRID_Y there).
 dim3 gather_config(size_t cols, size_t out_rows, size_t cap_x, size_t cap_y) {
     return dim3((unsigned int)std::min((cols + THREADS - 1) / THREADS, cap_x), (unsigned int)std::min(out_rows, cap_y));
 }
 
-// gather_rows and gather_rows_half of src/backend/cuda.rs: data_rows = the data's length / cols.
+// gather_rows and gather_rows_half of src/backend/cuda/data.rs: data_rows = the data's length / cols.
 void host_gather_rows(const float* data, size_t data_len, size_t cols, const unsigned int* idx, size_t out_rows,
                       float* out, size_t cap_x, size_t cap_y) {
     if (out_rows * cols == 0) {

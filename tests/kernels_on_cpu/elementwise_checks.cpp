@@ -1,5 +1,5 @@
 // The element-wise kernels of kernels/elementwise.cu (bias_act, act_backward, fill), compiled for the CPU
-// through cuda_on_cpu.h, launched as src/backend/cuda.rs launches them (grid_1d: 256 threads a block, at most
+// through cuda_on_cpu.h, launched as src/backend/cuda/elementwise.rs launches them (grid_1d: 256 threads a block, at most
 // MAX_BLOCKS blocks; smaller caps stand in for MAX_BLOCKS so that a few blocks walk the grid-stride loop)
 // and checked against their contract:
 //   - bias_act: z = f(z + bias[i % cols]). The float sum is exact to transcribe; linear and relu are then
@@ -16,7 +16,7 @@
 
 namespace {
 
-// The host side of each op (src/backend/cuda.rs), with the grid cap as a parameter.
+// The host side of each op (src/backend/cuda/elementwise.rs), with the grid cap as a parameter.
 void host_bias_act(float* z, size_t n, size_t cols, const float* bias, unsigned int act, size_t cap) {
     if (n == 0) {
         return;

@@ -49,7 +49,7 @@ void fail(const Case& c, const char* what, int i, int j, double got, double want
     }
 }
 
-// The host's launches (src/backend/cuda.rs, `launch_gemm`): a grid of tiles, capped; K == 0 passes
+// The host's launches (src/backend/cuda/gemm.rs, `launch_gemm`): a grid of tiles, capped; K == 0 passes
 // alpha = 0. `splits` > 0 runs the split-K pair (gemm with partials, then gemm_split_reduce) with that many
 // requested splits, planned as the host plans them.
 void run_small(unsigned int cap, const Case& c, const float* a, const float* b, float* out, const float* bias,

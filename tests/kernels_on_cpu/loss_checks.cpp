@@ -1,4 +1,4 @@
-// The MSE loss of kernels/loss.cu, compiled for the CPU through cuda_on_cpu.h and run as src/backend/cuda.rs
+// The MSE loss of kernels/loss.cu, compiled for the CPU through cuda_on_cpu.h and run as src/backend/cuda/loss.rs
 // runs it: mse_backward over min(⌈n/MSE_THREADS⌉, MSE_MAX_BLOCKS) blocks writing one partial each into a
 // scratch of MSE_MAX_BLOCKS doubles, then mse_finalize (one block) summing the first `blocks` of them into
 // loss[0]; with n == 0 only mse_finalize runs (num_partials 0) and must write 0. Smaller caps stand in for
@@ -16,15 +16,15 @@
 #include "loss.cu"
 #include "check_util.h"
 
-// src/backend/cuda.rs says the same.
-static_assert(MSE_THREADS == 256 && MSE_MAX_BLOCKS == 1024, "MSE_THREADS / MSE_MAX_BLOCKS of src/backend/cuda.rs");
+// src/backend/cuda/launch.rs says the same.
+static_assert(MSE_THREADS == 256 && MSE_MAX_BLOCKS == 1024, "MSE_THREADS / MSE_MAX_BLOCKS of src/backend/cuda/launch.rs");
 
 namespace {
 
 // The backend's partial-sum scratch, NaN wherever no launch has written: reading a stale partial shows.
 std::vector<double> scratch() { return std::vector<double>(MSE_MAX_BLOCKS, NAN); }
 
-// mse_backward of src/backend/cuda.rs, with the grid cap as a parameter (MSE_MAX_BLOCKS there).
+// mse_backward of src/backend/cuda/loss.rs, with the grid cap as a parameter (MSE_MAX_BLOCKS there).
 void host_mse_backward(const float* pred, const float* target, unsigned int act, size_t count, float* grad,
                        float* loss, size_t n, double* partials, size_t cap) {
     const float scale = (float)(2.0 / (double)count);

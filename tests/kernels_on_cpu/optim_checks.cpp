@@ -1,15 +1,15 @@
 // The optimizer updates of kernels/optim.cu (sgd_step, adam_step), compiled for the CPU through cuda_on_cpu.h
-// and launched as src/backend/cuda.rs launches them (grid_1d: 256 threads a block, at most MAX_BLOCKS blocks;
+// and launched as src/backend/cuda/optim.rs launches them (grid_1d: 256 threads a block, at most MAX_BLOCKS blocks;
 // smaller caps stand in for MAX_BLOCKS so that a few blocks walk the grid-stride loop; nothing is launched for
 // n == 0). Each case runs several steps on the same state. The kernels round every operation by itself
 // (__fmul_rn/__fadd_rn, IEEE sqrtf and '/'), so after every step w, v (and Adam's m) must equal, bit for bit,
-// a C++ transcription of the CPU twins (`sgd_step` in src/backend/cpu.rs, `adam_generic` in
+// a C++ transcription of the CPU twins (`sgd_step` in src/backend/cpu/optim.rs, `adam_generic` in
 // src/backend/cpu/fast_math.rs) in their operation order. Every buffer has NaN guards on both sides. Built and
 // run by tests/kernels_on_cpu.rs; exits non-zero after printing every failure.
 #include "optim.cu"
 #include "check_util.h"
 
-static_assert(sizeof(AdamConfig) == 12, "AdamConfig of src/backend/cuda.rs: three f32");
+static_assert(sizeof(AdamConfig) == 12, "KernelAdamConfig of src/backend/cuda/launch.rs: three f32");
 
 namespace {
 
@@ -23,7 +23,7 @@ void compare(const char* what, size_t n, size_t cap, int step, const Padded& got
     }
 }
 
-// sgd_step and adam_step of src/backend/cuda.rs, with the grid cap as a parameter (MAX_BLOCKS there).
+// sgd_step and adam_step of src/backend/cuda/optim.rs, with the grid cap as a parameter (MAX_BLOCKS there).
 void host_sgd_step(float* w, const float* g, float* v, size_t n, float lr, float momentum, size_t cap) {
     if (n == 0) {
         return;

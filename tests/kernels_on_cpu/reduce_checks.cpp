@@ -1,4 +1,4 @@
-// col_sum of kernels/reduce.cu, compiled for the CPU through cuda_on_cpu.h and launched as src/backend/cuda.rs
+// col_sum of kernels/reduce.cu, compiled for the CPU through cuda_on_cpu.h and launched as src/backend/cuda/reduce.rs
 // launches it: blocks of (COL_SUM_TX, COL_SUM_TY) threads, min(⌈cols/COL_SUM_TX⌉, MAX_BLOCKS) of them
 // (smaller caps stand in for MAX_BLOCKS so that a block walks several column tiles); nothing is launched when
 // cols == 0, and rows == 0 must write zeros. Checked against out[c] = Σ_r m[r, c]:
@@ -11,11 +11,11 @@
 #include "reduce.cu"
 #include "check_util.h"
 
-static_assert(COL_SUM_TX == 32 && COL_SUM_TY == 16, "COL_SUM_BLOCK of src/backend/cuda.rs");
+static_assert(COL_SUM_TX == 32 && COL_SUM_TY == 16, "COL_SUM_BLOCK of src/backend/cuda/launch.rs");
 
 namespace {
 
-// col_sum of src/backend/cuda.rs, with the grid cap as a parameter (MAX_BLOCKS there).
+// col_sum of src/backend/cuda/reduce.rs, with the grid cap as a parameter (MAX_BLOCKS there).
 void host_col_sum(const float* m, size_t rows, size_t cols, float* out, size_t cap) {
     if (cols == 0) {
         return;

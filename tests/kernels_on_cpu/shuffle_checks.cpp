@@ -1,5 +1,5 @@
 // The epoch shuffle of kernels/data.cu (shuffle_order), compiled for the CPU through cuda_on_cpu.h and launched
-// as src/backend/cuda.rs launches it (grid_1d: blocks of 256 threads; a cap of 3 blocks stands in for
+// as src/backend/cuda/data.rs launches it (grid_1d: blocks of 256 threads; a cap of 3 blocks stands in for
 // MAX_BLOCKS so that threads walk the grid-stride loop). Arguments: pairs of rows and key. For each pair it
 // checks that the order is a permutation of 0..rows and that the index after it (a guard) is untouched, and
 // prints the order on a line "order <rows>: <row> <row> ...", which tests/kernels_on_cpu.rs compares with

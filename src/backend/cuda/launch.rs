@@ -3,18 +3,25 @@
 //! cudarc passes a launch's arguments as bytes behind pointers: an argument of the wrong width (a `usize`
 //! where the kernel takes an `int`) or a missing one shifts every later parameter, and nothing says so until
 //! a GPU computes garbage. So each kernel here is a [`Kernel<P>`] whose tuple `P` is its parameter list:
-//! - the compiler holds every launch in `cuda.rs` to its kernel's tuple (`Kernel::launch` takes a `P`);
+//! - the compiler holds every launch in `cuda/` to its kernel's tuple (`Kernel::launch` takes a `P`);
 //! - [`kernel_signatures`] spells each tuple in PTX's terms, and the test
 //!   `kernel_parameters_match_the_ptx` (tests/gpu_kernels.rs) compares it with the `.entry` of the PTX that
 //!   nvcc wrote for `kernels/*.cu`, on any machine that builds the kernels.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::driver::result::DriverError;
 use cudarc::driver::{
-    CudaFunction, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
+
+use super::device::{device_error, guarded};
+use super::CudaBackend;
+use crate::activation::Activation;
+use crate::backend::HalfFormat;
+use crate::error::{Error, Result};
 
 /// A device address, as a kernel's pointer parameter receives it.
 pub(super) type DevPtr = u64;
@@ -198,4 +205,118 @@ kernels! {
     normalize_columns in "constraints": (DevPtr, u64, u64);
     /// (const float* m, float* out, u64 rows, u64 cols)
     center_columns in "constraints": (DevPtr, DevPtr, u64, u64);
+}
+
+// Launch shapes; each must match the constant of the same name in kernels/*.cu (`kernel_constants`).
+/// Threads per block of the element-wise kernels (grid-stride loops, so any grid works).
+pub(super) const THREADS: u32 = 256;
+/// Cap on the grid of the element-wise kernels: 4096·256 threads keep any GPU busy.
+pub(super) const MAX_BLOCKS: usize = 4096;
+/// `GEMM_THREADS` in gemm.cu: one block of `gemm` computes a GEMM_TILE × GEMM_TILE tile of C.
+pub(super) const GEMM_THREADS: u32 = 256;
+/// `BM` = `BN` in gemm.cu.
+pub(super) const GEMM_TILE: usize = 64;
+/// `GEMM_LARGE_THREADS` in gemm.cu: one block of `gemm_large` computes a GEMM_LARGE_TILE² tile of C.
+pub(super) const GEMM_LARGE_THREADS: u32 = 256;
+/// `LBM` = `LBN` in gemm.cu.
+pub(super) const GEMM_LARGE_TILE: usize = 128;
+/// The GEMM's int indices need room for one more tile (see gemm.cu).
+pub(super) const GEMM_MAX_DIM: usize = i32::MAX as usize - 256;
+/// `MSE_THREADS` in loss.cu, and `SUM_SQUARES_THREADS` in constraints.cu (whose partials `mse_finalize` sums).
+pub(super) const MSE_THREADS: u32 = 256;
+/// `MSE_MAX_BLOCKS` in loss.cu: the size of the partial-sum scratch buffer (of `mse_backward` and of
+/// `sum_squares`).
+pub(super) const MSE_MAX_BLOCKS: usize = 1024;
+/// `COL_SUM_TX`, `COL_SUM_TY` in reduce.cu.
+pub(super) const COL_SUM_BLOCK: (u32, u32) = (32, 16);
+/// `COLUMN_TX`, `COLUMN_TY` in constraints.cu (`normalize_columns`, `center_columns`).
+pub(super) const COLUMN_BLOCK: (u32, u32) = (32, 16);
+/// `gridDim.y` limit of every GPU.
+pub(super) const MAX_GRID_Y: usize = 65535;
+/// `BK` in gemm.cu: a split covers whole slices.
+pub(super) const GEMM_BK: usize = 16;
+
+/// Every value this file and `kernels/*.cu` must agree on, under the name of its `#define` there: the launch
+/// shapes above, the GEMM's tile depth, the activation codes and the 16-bit formats. The test
+/// `kernel_constants_match_the_host` (tests/kernels_on_cpu.rs) compiles the kernels' headers and compares.
+pub fn kernel_constants() -> Vec<(String, u64)> {
+    let (col_sum_tx, col_sum_ty) = COL_SUM_BLOCK;
+    let (column_tx, column_ty) = COLUMN_BLOCK;
+    let shapes = [
+        ("GEMM_THREADS", u64::from(GEMM_THREADS)),
+        ("BM", GEMM_TILE as u64),
+        ("BN", GEMM_TILE as u64),
+        ("BK", GEMM_BK as u64),
+        ("GEMM_LARGE_THREADS", u64::from(GEMM_LARGE_THREADS)),
+        ("LBM", GEMM_LARGE_TILE as u64),
+        ("LBN", GEMM_LARGE_TILE as u64),
+        ("MSE_THREADS", u64::from(MSE_THREADS)),
+        ("SUM_SQUARES_THREADS", u64::from(MSE_THREADS)),
+        ("MSE_MAX_BLOCKS", MSE_MAX_BLOCKS as u64),
+        ("COL_SUM_TX", u64::from(col_sum_tx)),
+        ("COL_SUM_TY", u64::from(col_sum_ty)),
+        ("COLUMN_TX", u64::from(column_tx)),
+        ("COLUMN_TY", u64::from(column_ty)),
+        ("HALF_FORMAT_F16", HalfFormat::F16 as u64),
+        ("HALF_FORMAT_BF16", HalfFormat::Bf16 as u64),
+    ];
+    let activations = Activation::ALL.map(|a| {
+        let name = format!("ACT_{}", a.as_str().to_uppercase());
+        (name, u64::from(a.code()))
+    });
+    shapes
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .chain(activations)
+        .collect()
+}
+
+impl Kernels {
+    pub(super) fn load_from(modules: &HashMap<&str, Arc<CudaModule>>) -> Result<Kernels> {
+        Kernels::load(|module: &str, entry: &str| -> Result<CudaFunction> {
+            let m = modules.get(module).ok_or_else(|| {
+                Error::Device(format!(
+                    "the kernel module '{module}' is missing from this build (kernels/{module}.cu)"
+                ))
+            })?;
+            guarded(
+                &format!("loading kernel '{entry}' of module '{module}'"),
+                || m.load_function(entry),
+            )
+        })
+    }
+}
+
+/// A grid-stride launch over `n` elements: 256 threads a block, at most [`MAX_BLOCKS`] blocks.
+pub(super) fn grid_1d(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaBackend {
+    pub(super) fn launch_error(&self, kernel: &str, e: DriverError) -> Error {
+        device_error(&format!("launching {kernel} on {}", self.info.name), e)
+    }
+
+    /// Queues `kernel` with `params` on the compute stream; a failure names the kernel and the GPU.
+    ///
+    /// # Safety
+    /// [`Kernel::launch`]'s: the kernel's own contract for these pointers, sizes and grid.
+    pub(super) unsafe fn launch<P: KernelParams>(
+        &self,
+        kernel: &Kernel<P>,
+        cfg: LaunchConfig,
+        params: P,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { kernel.launch(&self.stream, cfg, params) }
+            .map_err(|e| self.launch_error(kernel.name(), e))
+    }
 }
