@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 use tiedae::backend::{Backend, CpuBackend, Gemm, Region, Trans};
 use tiedae::bench::{synthetic_data, Workload};
-use tiedae::train::Network;
+use tiedae::train::{DataOptions, DataSet, Network};
 
 /// (m, n, k) of every GEMM in a training step of `w`: the encoder's x·W, the decoder's g·Wᵀ, the dW products
 /// and the input gradients (the same three shapes per layer, in different transpositions).
@@ -78,8 +78,13 @@ fn train_epoch(c: &mut Criterion) {
             Some(w.optimizer),
         )
         .unwrap();
-        net.set_data(&synthetic_data(w.rows, w.widths[0], 7), w.rows)
-            .unwrap();
+        net.set_data(
+            DataSet::Train,
+            &synthetic_data(w.rows, w.widths[0], 7),
+            w.rows,
+            DataOptions::default(),
+        )
+        .unwrap();
         let order: Vec<u32> = (0..w.rows as u32).collect();
         group.throughput(Throughput::Elements(w.rows as u64));
         group.bench_function(&w.name, |bench| {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tiedae::backend::cuda::{CudaBackend, GemmKernel};
 use tiedae::backend::{Backend, Gemm, Region, Trans};
 use tiedae::bench::{synthetic_data, Workload};
-use tiedae::train::Network;
+use tiedae::train::{DataOptions, DataSet, Network};
 
 /// (m, n, k, op(A), op(B)) of every GEMM in a training step of `w`, as the step runs them
 /// ([`Workload::step_gemms`]: the tied gradient dW = [h; dz_dec]ᵀ·[dz_enc; g] at depth 2·batch among them).
@@ -172,8 +172,13 @@ fn bench_train(c: &mut Criterion) {
             )
             .unwrap();
             assert_eq!(net.set_graphs(graphs), graphs);
-            net.set_data(&synthetic_data(w.rows, w.widths[0], 7), w.rows)
-                .unwrap();
+            net.set_data(
+                DataSet::Train,
+                &synthetic_data(w.rows, w.widths[0], 7),
+                w.rows,
+                DataOptions::default(),
+            )
+            .unwrap();
             let order: Vec<u32> = (0..w.rows as u32).collect();
             // Warm-up: two epochs, since the first step of a run is never recorded (it grows the scratch
             // buffers), so the first epoch's first block of steps is recorded only in the second.

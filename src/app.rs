@@ -6,7 +6,7 @@ use crate::data::{load_csv, ColumnSelector, Dataset, Normalization};
 use crate::error::{Error, Result};
 use crate::io::ModelFile;
 use crate::model::ModelSpec;
-use crate::train::{DataType, EpochReport, Network, Placement, TrainConfig};
+use crate::train::{DataOptions, DataSet, DataType, EpochReport, Network, Placement, TrainConfig};
 use std::path::Path;
 
 /// `--device`.
@@ -112,7 +112,12 @@ pub fn fit<B: Backend>(
 ) -> Result<(Vec<f32>, Vec<EpochReport>, String)> {
     let name = backend.name();
     let mut net = Network::new(backend, spec, params, cfg.batch_size, Some(cfg.optimizer))?;
-    net.set_data(&data.values, data.rows)?;
+    net.set_data(
+        DataSet::Train,
+        &data.values,
+        data.rows,
+        DataOptions::default(),
+    )?;
     let reports = net.fit(cfg, on_epoch)?;
     Ok((net.read_params()?, reports, name))
 }
@@ -141,7 +146,12 @@ pub fn evaluate<B: Backend>(
     let batch = EVAL_BATCH.min(data.rows.max(1));
     let mut net = Network::new(backend, &model.spec, &model.params, batch, None)?;
     // A data set larger than the GPU's free memory stays on the host, a batch copied up at a time.
-    net.set_data_placed(&data.values, data.rows, DataType::F32, Placement::Auto)?;
+    net.set_data(
+        DataSet::Train,
+        &data.values,
+        data.rows,
+        DataOptions::new(DataType::F32, Placement::Auto),
+    )?;
     let mut codes = Vec::with_capacity(if want_codes {
         data.rows * model.spec.code_width()
     } else {

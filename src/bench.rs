@@ -23,7 +23,7 @@ use crate::backend::{Backend, Gemm, Region, Trans};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::optim::Optimizer;
-use crate::train::{DataType, Network, Placement, Stop};
+use crate::train::{DataOptions, DataSet, DataType, Network, Placement, Stop};
 use rand::{RngExt, SeedableRng};
 use std::time::Instant;
 
@@ -246,7 +246,13 @@ pub fn measure_workload<B: Backend>(
         device_name.push_str(", graphs");
     }
     let data = synthetic_data(w.rows, w.widths[0], 7);
-    if net.set_data_placed(&data, w.rows, DataType::F32, data_on)? == Placement::Host {
+    if net.set_data(
+        DataSet::Train,
+        &data,
+        w.rows,
+        DataOptions::new(DataType::F32, data_on),
+    )? == Placement::Host
+    {
         device_name.push_str(", data on the host");
     }
     drop(data);

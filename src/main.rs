@@ -15,8 +15,8 @@ use tiedae::io::{self, Checkpoint, ModelFile, RunSettings};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
 use tiedae::train::{
-    epoch_order, DataType, FitEnd, FitOptions, FitState, Network, OptimizerState, Placement, Stop,
-    TrainConfig, GRAPH_STEPS,
+    epoch_order, DataOptions, DataSet, DataType, FitEnd, FitOptions, FitState, Network,
+    OptimizerState, Placement, Stop, TrainConfig, GRAPH_STEPS,
 };
 use tiedae::with_backend;
 
@@ -587,10 +587,19 @@ fn train(a: TrainArgs) -> Result<()> {
             net.restore_optimizer_state(opt)?;
         }
         let graphs = a.cuda_graphs && net.set_graphs(true);
-        let placed =
-            net.set_data_placed(&train_values, train_rows, settings.data_dtype, a.data_on)?;
+        let placed = net.set_data(
+            DataSet::Train,
+            &train_values,
+            train_rows,
+            DataOptions::new(settings.data_dtype, a.data_on),
+        )?;
         if val_rows > 0 {
-            net.set_validation_placed(&val_values, val_rows, settings.data_dtype, a.data_on)?;
+            net.set_data(
+                DataSet::Validation,
+                &val_values,
+                val_rows,
+                DataOptions::new(settings.data_dtype, a.data_on),
+            )?;
         }
         if placed == Placement::Host && net.backend.free_memory().is_some() {
             progress.start(&format!(
@@ -976,7 +985,7 @@ fn demo(choice: DeviceChoice, seed: u64) -> Result<()> {
     let (before, after) = with_backend!(device, |backend| {
         println!("device: {}", backend.name());
         let mut net = Network::new(backend, &spec, &params, rows, Some(optimizer))?;
-        net.set_data(&values, rows)?;
+        net.set_data(DataSet::Train, &values, rows, DataOptions::default())?;
         let look = |net: &mut Network<_>| -> Result<(f32, f32)> {
             let encoder = net.read_params()?[kernel_at];
             let g = net.decode_codes(&[1.0, 0.0])?;

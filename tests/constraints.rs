@@ -20,7 +20,7 @@ use tiedae::backend::{Backend, CpuBackend, Real, Region};
 use tiedae::data::{load_csv, ColumnSelector};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{Constraints, Network, TrainConfig};
+use tiedae::train::{Constraints, DataOptions, DataSet, Network, TrainConfig};
 
 /// Rows of the gradient checks: n − 1 = 4 is a power of two, so 4λ/(n − 1) and 1/(n − 1) are exact in the
 /// f32 GEMM factors and the f64 check sees no rounding but its own.
@@ -137,7 +137,8 @@ fn check(widths: &[usize], acts: (Activation, Activation, Activation), c: Constr
     let params32: Vec<f32> = params.iter().map(|&x| x as f32).collect();
     let mut net =
         Network::new(CpuBackend::<f64>::new(), &spec, &params32, ROWS, Some(SGD)).unwrap();
-    net.set_data(&data, ROWS).unwrap();
+    net.set_data(DataSet::Train, &data, ROWS, DataOptions::default())
+        .unwrap();
     net.write_params(&params).unwrap();
     // The reconstruction gradient alone, to show the penalties add a visible part.
     net.loss_and_gradient(0, ROWS).unwrap();
@@ -233,7 +234,8 @@ fn uncorrelated_penalty_is_zero_for_a_single_row() {
     let params = spec.glorot_init(7);
     let data: Vec<f32> = (0..ROWS * 6).map(|i| (i as f32 * 0.37).sin()).collect();
     let mut net = Network::new(CpuBackend::<f64>::new(), &spec, &params, ROWS, Some(SGD)).unwrap();
-    net.set_data(&data, ROWS).unwrap();
+    net.set_data(DataSet::Train, &data, ROWS, DataOptions::default())
+        .unwrap();
     net.loss_and_gradient(2, 1).unwrap();
     let plain = net.read_grads().unwrap();
     net.set_constraints(constraints(0.0, 5.0, false));
@@ -264,7 +266,8 @@ fn one_sgd_step_adds_the_penalty_gradients_of_the_formulas() {
     let slot = spec.slots()[0].clone();
 
     let mut net = Network::new(CpuBackend::<f64>::new(), &spec, &params, n, Some(SGD)).unwrap();
-    net.set_data(&x, n).unwrap();
+    net.set_data(DataSet::Train, &x, n, DataOptions::default())
+        .unwrap();
     net.loss_and_gradient(0, n).unwrap();
     let g_mse = net.read_grads().unwrap();
 
@@ -326,7 +329,8 @@ fn one_sgd_step_with_unit_norm_projects_every_kernel_column() {
     let params = spec.glorot_init(41);
     let lr = 0.1f32 as f64;
     let mut net = Network::new(CpuBackend::<f64>::new(), &spec, &params, ROWS, Some(SGD)).unwrap();
-    net.set_data(&x, ROWS).unwrap();
+    net.set_data(DataSet::Train, &x, ROWS, DataOptions::default())
+        .unwrap();
     net.loss_and_gradient(0, ROWS).unwrap();
     let g = net.read_grads().unwrap();
     let mut expected: Vec<f64> = params
@@ -381,7 +385,8 @@ fn train_digits(spec: &ModelSpec, cfg: &TrainConfig) -> Network<CpuBackend<f32>>
         Some(cfg.optimizer),
     )
     .unwrap();
-    net.set_data(&values, rows).unwrap();
+    net.set_data(DataSet::Train, &values, rows, DataOptions::default())
+        .unwrap();
     net.fit(cfg, |r| {
         assert!(r.loss.is_finite());
         Ok(())
@@ -492,7 +497,8 @@ fn penalties_are_not_part_of_the_reported_loss() {
     let data: Vec<f32> = (0..ROWS * 6).map(|i| (i as f32 * 0.61).cos()).collect();
     let params = spec.glorot_init(3);
     let mut net = Network::new(CpuBackend::<f64>::new(), &spec, &params, ROWS, Some(SGD)).unwrap();
-    net.set_data(&data, ROWS).unwrap();
+    net.set_data(DataSet::Train, &data, ROWS, DataOptions::default())
+        .unwrap();
     let plain = net.loss_and_gradient(0, ROWS).unwrap();
     net.set_constraints(constraints(2.0, 2.0, true));
     assert_eq!(net.loss_and_gradient(0, ROWS).unwrap(), plain);
@@ -590,7 +596,8 @@ fn all_constraints_gpu_training_matches_cpu() {
             Some(cfg.optimizer),
         )
         .unwrap();
-        net.set_data(values, rows).unwrap();
+        net.set_data(DataSet::Train, values, rows, DataOptions::default())
+            .unwrap();
         let losses = net
             .fit(cfg, |_| Ok(()))
             .unwrap()

@@ -9,7 +9,7 @@ use tiedae::activation::Activation;
 use tiedae::backend::{Backend, CpuBackend, HalfFormat, IdxRegion, Region};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{DataType, Network, TrainConfig};
+use tiedae::train::{DataOptions, DataSet, DataType, Network, Placement, TrainConfig};
 
 const ROWS: usize = 157;
 const COLS: usize = 9;
@@ -39,7 +39,13 @@ fn train(values: &[f32], dtype: DataType) -> (Vec<f32>, usize) {
     )
     .unwrap();
     let before = net.backend.allocated_bytes();
-    net.set_data_as(values, ROWS, dtype).unwrap();
+    net.set_data(
+        DataSet::Train,
+        values,
+        ROWS,
+        DataOptions::new(dtype, Placement::Device),
+    )
+    .unwrap();
     let data_bytes = net.backend.allocated_bytes() - before;
     let cfg = TrainConfig {
         batch_size: 16,
@@ -112,7 +118,12 @@ fn f16_rejects_values_out_of_its_range() {
     )
     .unwrap();
     let err = net
-        .set_data_as(&[1.0, 2.0, 3.0, 70000.0], 2, DataType::F16)
+        .set_data(
+            DataSet::Train,
+            &[1.0, 2.0, 3.0, 70000.0],
+            2,
+            DataOptions::new(DataType::F16, Placement::Device),
+        )
         .unwrap_err()
         .to_string();
     assert!(
@@ -120,8 +131,13 @@ fn f16_rejects_values_out_of_its_range() {
         "{err}"
     );
     // bf16 has f32's range.
-    net.set_data_as(&[1.0, 2.0, 3.0, 70000.0], 2, DataType::Bf16)
-        .unwrap();
+    net.set_data(
+        DataSet::Train,
+        &[1.0, 2.0, 3.0, 70000.0],
+        2,
+        DataOptions::new(DataType::Bf16, Placement::Device),
+    )
+    .unwrap();
 }
 
 #[test]

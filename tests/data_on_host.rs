@@ -13,7 +13,7 @@ use tiedae::activation::Activation;
 use tiedae::backend::{Backend, CpuBackend};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{DataType, EpochReport, Network, Placement, TrainConfig};
+use tiedae::train::{DataOptions, DataSet, DataType, EpochReport, Network, Placement, TrainConfig};
 
 const ROWS: usize = 157;
 const VAL_ROWS: usize = 40;
@@ -51,10 +51,20 @@ fn train<B: Backend>(
     let optimizer = Optimizer::from_flags("adam", Some(0.01), 0.0).unwrap();
     let mut net = Network::new(backend, &spec, &spec.glorot_init(2), 16, Some(optimizer)).unwrap();
     let placed = net
-        .set_data_placed(&values(ROWS, 4), ROWS, dtype, placement)
+        .set_data(
+            DataSet::Train,
+            &values(ROWS, 4),
+            ROWS,
+            DataOptions::new(dtype, placement),
+        )
         .unwrap();
     let val_placed = net
-        .set_validation_placed(&values(VAL_ROWS, 5), VAL_ROWS, dtype, placement)
+        .set_data(
+            DataSet::Validation,
+            &values(VAL_ROWS, 5),
+            VAL_ROWS,
+            DataOptions::new(dtype, placement),
+        )
         .unwrap();
     assert_eq!(placed, val_placed);
     assert_eq!(net.data_placement(), Some(placed));
@@ -122,8 +132,13 @@ fn host_data_takes_no_backend_memory_for_its_rows() {
         )
         .unwrap();
         let before = net.backend.allocated_bytes();
-        net.set_data_placed(&values(ROWS, 4), ROWS, DataType::F32, placement)
-            .unwrap();
+        net.set_data(
+            DataSet::Train,
+            &values(ROWS, 4),
+            ROWS,
+            DataOptions::new(DataType::F32, placement),
+        )
+        .unwrap();
         net.backend.allocated_bytes() - before
     };
     // Per step: one loss slot and one Adam alpha slot, both sets alike.
@@ -148,13 +163,23 @@ fn auto_keeps_a_set_on_the_device_only_when_it_fits() {
         backend.free_memory = free;
         let mut net = Network::new(backend, &spec, &spec.glorot_init(2), 16, None).unwrap();
         let placed = net
-            .set_data_placed(&values(ROWS, 4), ROWS, DataType::F32, Placement::Auto)
+            .set_data(
+                DataSet::Train,
+                &values(ROWS, 4),
+                ROWS,
+                DataOptions::new(DataType::F32, Placement::Auto),
+            )
             .unwrap();
         assert_eq!(placed, want, "free memory {free:?}");
         // f16 halves the set: it fits where f32 did not.
         if free == Some(need - 1) {
             let placed = net
-                .set_data_placed(&values(ROWS, 4), ROWS, DataType::F16, Placement::Auto)
+                .set_data(
+                    DataSet::Train,
+                    &values(ROWS, 4),
+                    ROWS,
+                    DataOptions::new(DataType::F16, Placement::Auto),
+                )
                 .unwrap();
             assert_eq!(placed, Placement::Device, "f16 in {free:?}");
         }
@@ -173,8 +198,13 @@ fn graphs_step_aside_for_host_data() {
         let mut net =
             Network::new(backend, &spec, &spec.glorot_init(2), 4, Some(optimizer)).unwrap();
         net.set_graphs(graphs);
-        net.set_data_placed(&values(ROWS, 4), ROWS, DataType::F32, Placement::Host)
-            .unwrap();
+        net.set_data(
+            DataSet::Train,
+            &values(ROWS, 4),
+            ROWS,
+            DataOptions::new(DataType::F32, Placement::Host),
+        )
+        .unwrap();
         let order: Vec<u32> = (0..ROWS as u32).rev().collect();
         for _ in 0..3 {
             net.train_epoch(&order, 4).unwrap();
@@ -279,10 +309,20 @@ fn host_batches_are_copied_ahead_within_the_prefetch_contract() {
             Some(optimizer),
         )
         .unwrap();
-        net.set_data_placed(&values(ROWS, 4), ROWS, DataType::F32, placement)
-            .unwrap();
-        net.set_validation_placed(&values(VAL_ROWS, 5), VAL_ROWS, DataType::F32, placement)
-            .unwrap();
+        net.set_data(
+            DataSet::Train,
+            &values(ROWS, 4),
+            ROWS,
+            DataOptions::new(DataType::F32, placement),
+        )
+        .unwrap();
+        net.set_data(
+            DataSet::Validation,
+            &values(VAL_ROWS, 5),
+            VAL_ROWS,
+            DataOptions::new(DataType::F32, placement),
+        )
+        .unwrap();
         let steps = ROWS.div_ceil(16);
         let mut val = Vec::new();
         for epoch in 1..=2 {
@@ -326,14 +366,9 @@ fn host_batches_are_copied_ahead_within_the_prefetch_contract() {
 }
 
 fn validation_mse(net: &mut Network<Recorder>) -> u64 {
-    net.evaluate_set(
-        tiedae::train::DataSet::Validation,
-        |_, _, _, _| {},
-        false,
-        false,
-    )
-    .unwrap()
-    .to_bits()
+    net.evaluate_set(DataSet::Validation, |_, _, _, _| {}, false, false)
+        .unwrap()
+        .to_bits()
 }
 
 /// The `Recorder`'s contract check can fail: a copy into a buffer an op used since the last copy panics.

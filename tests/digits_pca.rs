@@ -9,7 +9,7 @@ use tiedae::backend::CpuBackend;
 use tiedae::data::{load_csv, ColumnSelector};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{Network, TrainConfig};
+use tiedae::train::{DataOptions, DataSet, Network, TrainConfig};
 
 fn train_linear(k: usize, floor: f64) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv");
@@ -35,7 +35,13 @@ fn train_linear(k: usize, floor: f64) {
             Some(optimizer),
         )
         .unwrap();
-        net.set_data(&data.values, data.rows).unwrap();
+        net.set_data(
+            DataSet::Train,
+            &data.values,
+            data.rows,
+            DataOptions::default(),
+        )
+        .unwrap();
         let cfg = TrainConfig {
             batch_size: 32,
             epochs,
@@ -48,7 +54,13 @@ fn train_linear(k: usize, floor: f64) {
         params = net.read_params().unwrap();
     }
     let mut net = Network::new(CpuBackend::<f32>::new(), &spec, &params, 2048, None).unwrap();
-    net.set_data(&data.values, data.rows).unwrap();
+    net.set_data(
+        DataSet::Train,
+        &data.values,
+        data.rows,
+        DataOptions::default(),
+    )
+    .unwrap();
     let mse = net.evaluate(|_, _, _, _| {}, false, false).unwrap();
     eprintln!(
         "k={k}: mse {mse:.5} vs PCA floor {floor} ({:+.2}%)",

@@ -10,7 +10,7 @@ use tiedae::backend::{Backend, CpuBackend};
 use tiedae::data::{load_csv, ColumnSelector};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{EpochReport, Network, TrainConfig};
+use tiedae::train::{DataOptions, DataSet, EpochReport, Network, TrainConfig};
 
 fn digits() -> (Vec<f32>, usize) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv");
@@ -33,7 +33,8 @@ fn train<B: Backend>(
         Some(cfg.optimizer),
     )
     .unwrap();
-    net.set_data(&values, rows).unwrap();
+    net.set_data(DataSet::Train, &values, rows, DataOptions::default())
+        .unwrap();
     let reports = net.fit(cfg, |_| Ok(())).unwrap();
     let mse = net.evaluate(|_, _, _, _| {}, false, false).unwrap();
     (net.read_params().unwrap(), reports, mse)
@@ -138,7 +139,8 @@ fn memory_matches_formula<B: Backend>(backend: B) {
     let (values, rows) = digits();
     let fixed = backend.allocated_bytes();
     let mut net = Network::new(backend, &spec, &spec.glorot_init(0), 256, Some(optimizer)).unwrap();
-    net.set_data(&values, rows).unwrap();
+    net.set_data(DataSet::Train, &values, rows, DataOptions::default())
+        .unwrap();
     let used = net.backend.allocated_bytes() - fixed;
     assert_eq!(used, formula_bytes(&spec, &optimizer, 256, rows));
 }

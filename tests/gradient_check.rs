@@ -8,7 +8,7 @@ use tiedae::activation::Activation;
 use tiedae::backend::CpuBackend;
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::Network;
+use tiedae::train::{DataOptions, DataSet, Network};
 
 const ROWS: usize = 5;
 
@@ -27,7 +27,8 @@ fn check(widths: &[usize], hidden: Activation, code: Activation, output: Activat
     };
     let mut net =
         Network::new(CpuBackend::<f64>::new(), &spec, &params32, ROWS, Some(opt)).unwrap();
-    net.set_data(&data, ROWS).unwrap();
+    net.set_data(DataSet::Train, &data, ROWS, DataOptions::default())
+        .unwrap();
     net.write_params(&params).unwrap();
     net.loss_and_gradient(0, ROWS).unwrap();
     let analytic = net.read_grads().unwrap();
@@ -117,7 +118,8 @@ fn kernel_gradient_is_the_sum_of_both_uses() {
         momentum: 0.0,
     };
     let mut net = Network::new(CpuBackend::<f64>::new(), &spec, &params, ROWS, Some(opt)).unwrap();
-    net.set_data(&x, ROWS).unwrap();
+    net.set_data(DataSet::Train, &x, ROWS, DataOptions::default())
+        .unwrap();
     net.loss_and_gradient(0, ROWS).unwrap();
     let grads = net.read_grads().unwrap();
     let s = &spec.slots()[0];

@@ -16,7 +16,7 @@ use tiedae::backend::Backend;
 use tiedae::data::{load_csv, ColumnSelector};
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{epoch_order, Constraints, Network, Stop, GRAPH_STEPS};
+use tiedae::train::{epoch_order, Constraints, DataOptions, DataSet, Network, Stop, GRAPH_STEPS};
 
 fn digits() -> (Vec<f32>, usize) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv");
@@ -53,7 +53,8 @@ fn three_epochs<B: Backend>(
     assert!(steps % GRAPH_STEPS != 0 && rows % batch != 0);
     let mut net =
         Network::new(backend, &spec, &spec.glorot_init(5), batch, Some(optimizer)).unwrap();
-    net.set_data(&values, rows).unwrap();
+    net.set_data(DataSet::Train, &values, rows, DataOptions::default())
+        .unwrap();
     net.set_constraints(constraints);
     assert_eq!(
         net.set_graphs(graphs),

@@ -12,7 +12,7 @@ use tiedae::data::load_csv;
 use tiedae::io;
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{Network, TrainConfig};
+use tiedae::train::{DataOptions, DataSet, Network, TrainConfig};
 
 struct Case {
     dir: PathBuf,
@@ -153,7 +153,13 @@ fn run_library<B: Backend>(backend: B, case: &Case) {
         Some(case.optimizer),
     )
     .unwrap();
-    net.set_data(&data.values, data.rows).unwrap();
+    net.set_data(
+        DataSet::Train,
+        &data.values,
+        data.rows,
+        DataOptions::default(),
+    )
+    .unwrap();
     let cfg = TrainConfig {
         batch_size: case.batch_size,
         epochs: case.epochs,

@@ -8,7 +8,9 @@ use tiedae::backend::CpuBackend;
 use tiedae::io;
 use tiedae::model::ModelSpec;
 use tiedae::optim::Optimizer;
-use tiedae::train::{epoch_order, FitEnd, FitOptions, FitState, Network, Stop, TrainConfig};
+use tiedae::train::{
+    epoch_order, DataOptions, DataSet, FitEnd, FitOptions, FitState, Network, Stop, TrainConfig,
+};
 
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tiedae-wf-{test}-{}", std::process::id()));
@@ -150,7 +152,8 @@ fn fit_reads_each_epoch_in_epoch_order() {
     let fresh = || {
         let mut net =
             Network::new(CpuBackend::<f32>::new(), &spec, &init, 10, Some(optimizer)).unwrap();
-        net.set_data(&data, rows).unwrap();
+        net.set_data(DataSet::Train, &data, rows, DataOptions::default())
+            .unwrap();
         net
     };
     for shuffle in [true, false] {
@@ -198,7 +201,8 @@ fn a_run_stopped_mid_epoch_resumes_bit_for_bit() {
     let fresh = |params: &[f32]| {
         let mut net =
             Network::new(CpuBackend::<f32>::new(), &spec, params, 10, Some(optimizer)).unwrap();
-        net.set_data(&data, rows).unwrap();
+        net.set_data(DataSet::Train, &data, rows, DataOptions::default())
+            .unwrap();
         net
     };
     let mut straight = fresh(&init);
@@ -254,8 +258,10 @@ fn early_stopping_restores_the_best_epoch() {
     };
     let mut net =
         Network::new(CpuBackend::<f32>::new(), &spec, &init, 16, Some(optimizer)).unwrap();
-    net.set_data(&data, rows).unwrap();
-    net.set_validation(&val, rows).unwrap();
+    net.set_data(DataSet::Train, &data, rows, DataOptions::default())
+        .unwrap();
+    net.set_data(DataSet::Validation, &val, rows, DataOptions::default())
+        .unwrap();
     let mut per_epoch = Vec::new();
     let opts = FitOptions {
         state: FitState::default(),

@@ -47,6 +47,15 @@ pub(super) struct Buffers {
 }
 
 impl<B: Backend> Network<B> {
+    /// Sets the constraints used by the following steps.
+    pub fn set_constraints(&mut self, constraints: Constraints) {
+        if constraints != self.constraints {
+            // Recorded steps ran the old constraints' ops.
+            self.forget_graphs();
+            self.constraints = constraints;
+        }
+    }
+
     /// The constraints the next steps use.
     pub fn constraints(&self) -> Constraints {
         self.constraints

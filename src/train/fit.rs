@@ -1,7 +1,11 @@
-//! The epoch loop: shuffling, validation, early stopping, interruption, and the state a checkpoint needs to
-//! resume exactly where a run stopped.
+//! The steps of an epoch and the epochs of a run: shuffling, validation, early stopping, interruption, and the
+//! state a checkpoint needs to resume exactly where a run stopped.
+//!
+//! How a step reaches the backend (`train_steps_in_order`): op by op (`train_step`, step.rs), or, with graphs
+//! on, runs of GRAPH_STEPS steps recorded once and replayed (graphs.rs). A data set kept on the host is
+//! copied up a batch ahead, into the batch buffer the running step does not read (`stage_batch`, data.rs).
 
-use super::{DataSet, EpochReport, Network, Stop, TrainConfig};
+use super::{DataSet, EpochReport, Network, Placement, StepsRun, Stop, TrainConfig, GRAPH_STEPS};
 use crate::backend::shuffle::{fill_order, shuffle_key};
 use crate::backend::{Backend, Real};
 use crate::error::{Error, Result};
@@ -80,6 +84,110 @@ pub struct FitOutcome {
 }
 
 impl<B: Backend> Network<B> {
+    /// One whole epoch over the rows in `order` (a permutation of the training set's rows), batch by batch
+    /// with the last, smaller batch kept. Returns the epoch's MSE.
+    pub fn train_epoch(&mut self, order: &[u32], batch_size: usize) -> Result<f64> {
+        Ok(self
+            .train_steps(order, batch_size, 0, Stop::default())?
+            .loss)
+    }
+
+    /// Steps `first_step..` of an epoch whose row order is `order`. The order goes up once; the per-step
+    /// losses come back once, at the end. When `stop` becomes true the run ends after the step in flight,
+    /// and the result says where to continue.
+    pub fn train_steps(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        first_step: usize,
+        stop: Stop<'_>,
+    ) -> Result<StepsRun> {
+        self.set_order(DataSet::Train, order)?;
+        self.train_steps_in_order(batch_size, first_step, stop)
+    }
+
+    /// Steps `first_step..` of an epoch in the order last set ([`Network::order_epoch`] or
+    /// [`Network::train_steps`]); see `train_steps`.
+    pub fn train_steps_in_order(
+        &mut self,
+        batch_size: usize,
+        first_step: usize,
+        stop: Stop<'_>,
+    ) -> Result<StepsRun> {
+        assert!(batch_size <= self.max_batch && batch_size > 0);
+        let (rows, losses, on_host) = {
+            let d = self.data();
+            (d.rows, d.step_losses, d.placement() == Placement::Host)
+        };
+        let steps = rows.div_ceil(batch_size);
+        assert!(first_step <= steps, "first step {first_step} of {steps}");
+        if let Some(opt) = self.optimizer.filter(|o| o.adam_config().is_some()) {
+            // Adam's alpha of every step still to run in this epoch, in one copy.
+            let alphas: Vec<B::Scalar> = (first_step..steps)
+                .map(|s| {
+                    let t = self.steps_done + 1 + (s - first_step) as u64;
+                    B::Scalar::from_f32(opt.adam_alpha(t).expect("adam"))
+                })
+                .collect();
+            let slots = self.data().step_alphas.sub(first_step, steps - first_step);
+            self.backend.upload(slots, &alphas)?;
+        }
+        let mut next = first_step;
+        while next < steps {
+            if stop.now(self.steps_done) {
+                break;
+            }
+            // Whole recorded runs where they start on a boundary, after a step has run op by op (`warm`),
+            // and end before an exact stop. A set on the host copies each batch up from the host: no graph
+            // can hold that.
+            let end = ((next / GRAPH_STEPS + 1) * GRAPH_STEPS).min(steps);
+            let len = (end - next) as u64;
+            if self.graphs.on
+                && !on_host
+                && next.is_multiple_of(GRAPH_STEPS)
+                && self.graphs.warm
+                && stop.at_step.is_none_or(|s| self.steps_done + len <= s)
+            {
+                if let Some(graph) = self.recorded_steps(batch_size, next, end)? {
+                    self.backend.replay(graph)?;
+                    self.steps_done += len;
+                    next = end;
+                    continue;
+                }
+            }
+            self.train_step(batch_size, next)?;
+            self.graphs.warm = true;
+            next += 1;
+            if on_host && next < steps && !stop.now(self.steps_done) {
+                // The next batch goes up while this step runs.
+                let start = next * batch_size;
+                self.stage_batch(DataSet::Train, start, batch_size.min(rows - start))?;
+            }
+        }
+        let mut step_losses = vec![B::Scalar::zero(); next - first_step];
+        self.backend
+            .download(losses.sub(first_step, next - first_step), &mut step_losses)?;
+        let mut total = 0.0;
+        for (s, l) in step_losses.iter().enumerate() {
+            let l = l.to_f64();
+            if !l.is_finite() {
+                return Err(Error::Diverged(format!(
+                    "the loss became {} at step {} of {steps}",
+                    if l.is_nan() { "NaN" } else { "infinite" },
+                    first_step + s + 1,
+                )));
+            }
+            total += l;
+        }
+        let samples = (next * batch_size).min(rows) - first_step * batch_size;
+        Ok(StepsRun {
+            loss: total / (samples.max(1) * self.spec.input_width()) as f64,
+            samples,
+            next_step: next,
+            finished: next == steps,
+        })
+    }
+
     /// Trains until `cfg.epochs` epochs are done in all (counting those in `opts.state`), calling
     /// `on_epoch` after every epoch with the report, the state a checkpoint needs, and the network (to read
     /// its weights and optimizer state).
