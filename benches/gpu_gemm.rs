@@ -23,6 +23,7 @@ use tiedae::train::{DataOptions, DataSet, Network};
 /// ([`Workload::step_gemms`]: the tied gradient dW = [h; dz_dec]ᵀ·[dz_enc; g] at depth 2·batch among them).
 fn step_shapes(w: &Workload) -> Vec<(usize, usize, usize, Trans, Trans)> {
     w.step_gemms()
+        .expect("the step's products")
         .into_iter()
         .map(|g| (g.m, g.n, g.k, g.trans_a, g.trans_b))
         .collect()

@@ -127,29 +127,10 @@ impl Workload {
             .sum::<f64>()
     }
 
-    /// The GEMMs of one training step, in the order `train::Network` runs them (keep the two in step):
-    /// forward encoder x·W_i and decoder g·W_iᵀ; backward, per decoder layer dz·W_i, then per encoder layer
-    /// the tied gradient dW_i = [h; dz_dec]ᵀ·[dz_enc; g] (depth 2·batch) and, except for the first layer,
-    /// dz·W_iᵀ.
-    pub fn step_gemms(&self) -> Vec<Gemm> {
-        let (b, w, depth) = (self.batch_size, &self.widths, self.widths.len() - 1);
-        let mut v = Vec::new();
-        for i in 0..depth {
-            v.push(Gemm::new(Trans::N, Trans::N, b, w[i + 1], w[i]));
-        }
-        for i in (0..depth).rev() {
-            v.push(Gemm::new(Trans::N, Trans::T, b, w[i], w[i + 1]));
-        }
-        for i in 0..depth {
-            v.push(Gemm::new(Trans::N, Trans::N, b, w[i + 1], w[i]));
-        }
-        for i in (0..depth).rev() {
-            v.push(Gemm::new(Trans::T, Trans::N, w[i], w[i + 1], 2 * b));
-            if i > 0 {
-                v.push(Gemm::new(Trans::N, Trans::T, b, w[i], w[i + 1]));
-            }
-        }
-        v
+    /// The GEMMs of one training step, in the order the step runs them: recorded from the step itself
+    /// ([`crate::train::step_products`]).
+    pub fn step_gemms(&self) -> Result<Vec<Gemm>> {
+        crate::train::step_products(&self.spec()?, self.batch_size, self.optimizer)
     }
 
     pub fn spec(&self) -> Result<ModelSpec> {
@@ -422,7 +403,7 @@ pub fn measure_step_gemms<B: Backend>(
     min_seconds: f64,
     min_steps: usize,
 ) -> Result<(String, Vec<f64>)> {
-    let gemms = w.step_gemms();
+    let gemms = w.step_gemms()?;
     let mut operands = Vec::new();
     for g in &gemms {
         let (m, n, k) = (g.m, g.n, g.k);
@@ -664,7 +645,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         for w in &workloads {
             let flops: f64 = w
-                .step_gemms()
+                .step_gemms()?
                 .iter()
                 .map(|g| 2.0 * (g.m * g.n * g.k) as f64)
                 .sum();
@@ -819,6 +800,7 @@ mod tests {
         for w in Workload::builtin() {
             let counted: f64 = w
                 .step_gemms()
+                .unwrap()
                 .iter()
                 .map(|g| 2.0 * (g.m * g.n * g.k) as f64)
                 .sum();
@@ -828,7 +810,7 @@ mod tests {
             // Per layer: two forward products, the decoder's input gradient, the tied gradient (one product
             // for both uses) and the encoder's input gradient, which the first layer does not need.
             let depth = w.widths.len() - 1;
-            assert_eq!(w.step_gemms().len(), 5 * depth - 1, "{}", w.name);
+            assert_eq!(w.step_gemms().unwrap().len(), 5 * depth - 1, "{}", w.name);
         }
     }
 

@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod products;
 pub mod shuffle;
 
 use crate::activation::Activation;

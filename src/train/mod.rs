@@ -32,6 +32,7 @@ pub use constraints::Constraints;
 pub use data::{DataOptions, DataSet, DataType, Placement};
 pub use fit::{epoch_order, FitEnd, FitOptions, FitOutcome, FitState, OptimizerState};
 pub use graphs::GRAPH_STEPS;
+pub use step::step_products;
 
 /// When a run should stop before its epochs are done: a flag set from a signal handler (Ctrl-C), or a
 /// global step count (tests use it to interrupt a run at an exact step).

@@ -21,7 +21,8 @@
 //! The functions below follow that order: [`Network::train_step`], then `forward`, `decode`, `backward` and
 //! `optimizer_step`, then where each tensor lives.
 
-use super::{alloc, DataSet, Network};
+use super::{alloc, DataOptions, DataSet, Network};
+use crate::backend::products::ProductLog;
 use crate::backend::{Backend, Gemm, Real, Region, Trans};
 use crate::error::Result;
 use crate::model::{LayerSlots, ModelSpec};
@@ -270,4 +271,18 @@ impl<B: Backend> Network<B> {
     fn dec_bias(&self, i: usize) -> Region {
         self.param_of(|s| &s[i].dec_bias)
     }
+}
+
+/// The matrix products of one training step of a `spec` model on a batch of `batch` rows, in the order the
+/// step runs them: [`Network::train_step`] itself, run on a backend that computes nothing and records each
+/// product (`tiedae bench --step-gemms` times them alone).
+pub fn step_products(spec: &ModelSpec, batch: usize, optimizer: Optimizer) -> Result<Vec<Gemm>> {
+    let params = vec![0.0; spec.param_count()];
+    let mut net = Network::new(ProductLog::default(), spec, &params, batch, Some(optimizer))?;
+    let rows = vec![0.0; batch * spec.input_width()];
+    net.set_data(DataSet::Train, &rows, batch, DataOptions::default())?;
+    net.backend.products.clear();
+    let order: Vec<u32> = (0..batch as u32).collect();
+    net.train_epoch(&order, batch)?;
+    Ok(std::mem::take(&mut net.backend.products))
 }
