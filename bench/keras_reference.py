@@ -1,11 +1,9 @@
 #!/usr/bin/env python3
 """The three `tiedae bench` workloads in Keras (TensorFlow backend, CPU), for the speed comparison.
 
-Same model, same data sizes, same timing rule as `tiedae bench`:
-  seed    51→1, linear, SGD lr 0.01, batch 16, 4096 rows
-  digits  64→32→8, tanh hidden, linear code and output, Adam lr 0.001, batch 256, 50 000 rows
-  mnist   784→256→64, the same activations and optimizer, batch 256, 60 000 rows
-on uniform [0, 1) data, MSE loss, `model.fit(x, x, batch_size, shuffle=True)` as a user would write it.
+Same model, same data sizes, same timing rule as `tiedae bench`: the workloads of bench/workloads.json (the
+one table `tiedae bench` builds in too: seed 51→1, digits 64→32→8, mnist 784→256→64), on uniform [0, 1)
+data, MSE loss, `model.fit(x, x, batch_size, shuffle=True)` as a user would write it.
 The first epoch is the warm-up (it traces the train function); then epochs are timed, one clock reading per
 epoch (Keras callbacks), until at least --min-seconds have passed and at least --min-epochs were timed.
 The MEDIAN epoch counts. Prints one JSON line per workload, in the shape of `tiedae bench --json`:
@@ -33,11 +31,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-WORKLOADS = {
-    "seed": dict(layers=[51, 1], activation="linear", optimizer="sgd", batch=16, rows=4096),
-    "digits": dict(layers=[64, 32, 8], activation="tanh", optimizer="adam", batch=256, rows=50_000),
-    "mnist": dict(layers=[784, 256, 64], activation="tanh", optimizer="adam", batch=256, rows=60_000),
-}
+# name -> {layers, activation, optimizer, lr, batch, rows}: the table `tiedae bench` builds in.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads.json")) as f:
+    WORKLOADS = {w["name"]: w for w in json.load(f)["workloads"]}
 
 
 def flops_per_sample(layers):
@@ -119,7 +115,7 @@ def run(name, cfg, args):
     rng = np.random.default_rng(7)
     x = rng.random((cfg["rows"], cfg["layers"][0]), dtype=np.float32)
     model = build_model(cfg["layers"], cfg["activation"])
-    opt = keras.optimizers.SGD(0.01) if cfg["optimizer"] == "sgd" else keras.optimizers.Adam(0.001)
+    opt = keras.optimizers.SGD(cfg["lr"]) if cfg["optimizer"] == "sgd" else keras.optimizers.Adam(cfg["lr"])
     model.compile(optimizer=opt, loss="mse", jit_compile=args.jit_compile)
     timer = EpochTimer(args.min_seconds, args.min_epochs)
     model.fit(x, x, batch_size=cfg["batch"], epochs=100_000, shuffle=True, verbose=0, callbacks=[timer])

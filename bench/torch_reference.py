@@ -1,11 +1,8 @@
 #!/usr/bin/env python3
 """The three `tiedae bench` workloads in PyTorch, for the speed comparison (GPU when there is one, else CPU).
 
-Same models, data sizes and timing rule as `tiedae bench` and bench/keras_reference.py:
-  seed    51→1, linear, SGD lr 0.01, batch 16, 4096 rows
-  digits  64→32→8, tanh hidden, linear code and output, Adam lr 0.001, batch 256, 50 000 rows
-  mnist   784→256→64, the same activations and optimizer, batch 256, 60 000 rows
-on uniform [0, 1) data, MSE loss. The data set lives on the device (uploaded once, as tiedae does); each
+Same models, data sizes and timing rule as `tiedae bench` and bench/keras_reference.py: the workloads of
+bench/workloads.json (seed 51→1, digits 64→32→8, mnist 784→256→64), on uniform [0, 1) data, MSE loss. The data set lives on the device (uploaded once, as tiedae does); each
 epoch draws a permutation there and gathers each batch by index. Per-step losses stay on the device and
 are read once per epoch, which also waits for the device before the clock is read. One warm-up epoch, then
 epochs are timed until at least --min-seconds have passed and at least --min-epochs were timed; the MEDIAN
@@ -38,11 +35,9 @@ import time
 import torch
 import torch._dynamo  # torch.compile's own (reset between runs)
 
-WORKLOADS = {
-    "seed": dict(layers=[51, 1], activation="linear", optimizer="sgd", batch=16, rows=4096),
-    "digits": dict(layers=[64, 32, 8], activation="tanh", optimizer="adam", batch=256, rows=50_000),
-    "mnist": dict(layers=[784, 256, 64], activation="tanh", optimizer="adam", batch=256, rows=60_000),
-}
+# name -> {layers, activation, optimizer, lr, batch, rows}: the table `tiedae bench` builds in.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads.json")) as f:
+    WORKLOADS = {w["name"]: w for w in json.load(f)["workloads"]}
 
 
 def flops_per_sample(layers):
@@ -90,8 +85,8 @@ class TiedAutoencoder(torch.nn.Module):
 
 def make_optimizer(cfg, model, capturable=False):
     if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=0.01)
-    return torch.optim.Adam(model.parameters(), lr=0.001, eps=1e-7, capturable=capturable)
+        return torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+    return torch.optim.Adam(model.parameters(), lr=cfg["lr"], eps=1e-7, capturable=capturable)
 
 
 def sync(device):

@@ -215,7 +215,7 @@ fn bench_train(c: &mut Criterion) {
 }
 
 fn main() {
-    if let Err(e) = tiedae::app::check_cuda(0) {
+    if let Err(e) = tiedae::workflow::check_cuda(0) {
         if std::env::var("TIEDAE_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1") {
             eprintln!("gpu_gemm: TIEDAE_REQUIRE_GPU=1 but there is no usable GPU: {e}");
             std::process::exit(1);

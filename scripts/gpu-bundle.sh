@@ -100,7 +100,7 @@ fi
 # What the binaries were built from, so that gpu-check.sh can tell a bundle that is older than the checkout
 # it runs in (the device gets a copy of the working tree without .git): the source files' list and one hash
 # over their contents.
-git ls-files src kernels tests benches build.rs Cargo.toml Cargo.lock >"$bundle/SOURCES"
+git ls-files src kernels tests benches bench/workloads.json build.rs Cargo.toml Cargo.lock >"$bundle/SOURCES"
 sources_hash="$(while read -r f; do sha256sum "$f"; done <"$bundle/SOURCES" | sha256sum | cut -d' ' -f1)"
 
 {

@@ -443,6 +443,15 @@ fn inv_scale(d: f64) -> f32 {
 }
 
 impl Normalization {
+    /// The normalization that does nothing, for weights that come without one.
+    pub fn identity(cols: usize) -> Normalization {
+        Normalization {
+            kind: NormalizeKind::None,
+            shift: vec![0.0; cols],
+            scale: vec![1.0; cols],
+        }
+    }
+
     /// None: shift 0, scale 1. Standard: mean, 1/std (population std, in f64; a constant column gets scale 1).
     /// MinMax: min, 1/(max-min) (a constant column gets scale 1).
     pub fn fit(kind: NormalizeKind, data: &Dataset) -> Normalization {

@@ -34,6 +34,9 @@ pub enum Error {
     /// Training stopped because the loss stopped being a finite number.
     #[error("{0}")]
     Diverged(String),
+    /// An error of the caller's code, passed through the library (a training observer's, say).
+    #[error("{0}")]
+    Caller(String),
 }
 
 impl Error {

@@ -131,6 +131,28 @@ pub fn write_atomic(
     result
 }
 
+/// Fails early, before any work, when an output file `path` (given by `flag`) cannot be written: its folder
+/// must exist, and it must not be a folder itself.
+pub fn check_out_path(flag: &str, path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::flag(
+            flag,
+            format!("folder '{}' does not exist", dir.display()),
+        ));
+    }
+    if path.is_dir() {
+        return Err(Error::flag(
+            flag,
+            format!("'{}' is a folder", path.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// safetensors stores little-endian: on a little-endian host that is the memory itself.
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     if cfg!(target_endian = "little") {

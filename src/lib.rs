@@ -11,7 +11,7 @@
 //! - `model.rs`: widths, activations and where each parameter lives in the flat parameter buffer.
 
 pub mod activation;
-pub mod app;
+
 pub mod backend;
 pub mod bench;
 pub mod data;
@@ -22,5 +22,6 @@ pub mod optim;
 pub mod plot;
 pub mod real;
 pub mod train;
+pub mod workflow;
 
 pub use error::{Error, Result};

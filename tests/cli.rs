@@ -338,7 +338,7 @@ fn divergence_is_an_error_and_keeps_out() {
 
 #[test]
 fn cuda_without_gpu_is_one_clear_line() {
-    if tiedae::app::check_cuda(0).is_ok() {
+    if tiedae::workflow::check_cuda(0).is_ok() {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),

@@ -132,7 +132,7 @@ fn valid_model_bytes() -> Vec<u8> {
     .unwrap();
     let model = ModelFile {
         params: spec.glorot_init(1),
-        normalization: tiedae::app::identity_normalization(5),
+        normalization: tiedae::data::Normalization::identity(5),
         feature_names: (0..5).map(|i| format!("f{i}")).collect(),
         ignore: parse_selectors("id"),
         training: Default::default(),

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
 use tiedae::activation::Activation;
 use tiedae::backend::CpuBackend;
 use tiedae::io;
@@ -11,6 +12,8 @@ use tiedae::optim::Optimizer;
 use tiedae::train::{
     epoch_order, DataOptions, DataSet, FitEnd, FitOptions, FitState, Network, Stop, TrainConfig,
 };
+use tiedae::workflow::train::{train, NewRun, RunSource, TrainObserver, TrainPlan, TrainRequest};
+use tiedae::workflow::DeviceChoice;
 
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tiedae-wf-{test}-{}", std::process::id()));
@@ -513,5 +516,118 @@ fn reconstruct_ranks_rows_by_error() {
     .unwrap();
     let mean_err = rows.iter().map(|r| r.1).sum::<f64>() / 1797.0;
     assert!((mean_err - v["mse"].as_f64().unwrap()).abs() < 1e-9 + 1e-6 * mean_err);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Records what a run tells its observer.
+#[derive(Default)]
+struct Events(Vec<String>);
+
+impl TrainObserver for Events {
+    fn prepared(&mut self, plan: &TrainPlan) -> tiedae::Result<()> {
+        self.0.push(format!(
+            "prepared {:?} {}+{}",
+            plan.widths, plan.train_rows, plan.val_rows
+        ));
+        Ok(())
+    }
+    fn started(&mut self, _plan: &TrainPlan, backend: &str) {
+        self.0
+            .push(format!("started {}", backend.starts_with("cpu")));
+    }
+    fn epoch(&mut self, report: &tiedae::train::EpochReport) -> tiedae::Result<()> {
+        self.0.push(format!(
+            "epoch {} {}",
+            report.epoch,
+            report.val_loss.is_some()
+        ));
+        Ok(())
+    }
+    fn finished(&mut self) {
+        self.0.push("finished".into());
+    }
+}
+
+/// The library's training workflow (what a Python front end would call) writes the model the binary writes,
+/// bit for bit, and tells its observer each stage in order; a request the binary's flags could not make (a
+/// batch size of 0) is refused with the flag's name, before anything is written.
+#[test]
+fn the_library_workflow_trains_as_the_binary_does() {
+    let dir = scratch("library");
+    let (by_cli, by_lib) = (dir.join("cli.safetensors"), dir.join("lib.safetensors"));
+    let data = digits();
+    let mut args = vec![
+        "train",
+        "--data",
+        data.as_str(),
+        "--out",
+        by_cli.to_str().unwrap(),
+        "--epochs",
+        "3",
+    ];
+    args.extend_from_slice(TRAIN);
+    ok(&args);
+    let new_run = NewRun {
+        data: PathBuf::from(&data),
+        out: by_lib.clone(),
+        ignore: tiedae::data::parse_selectors("digit"),
+        normalize: tiedae::data::NormalizeKind::Standard,
+        layers: vec![24, 6],
+        activation: Activation::Tanh,
+        code_activation: Activation::Linear,
+        output_activation: Activation::Linear,
+        optimizer: Optimizer::from_flags("adam", None, 0.0).unwrap(),
+        batch_size: 50,
+        seed: 9,
+        shuffle: true,
+        init: None,
+        val_split: Some(0.15),
+        patience: None,
+        constraints: Default::default(),
+        data_dtype: Default::default(),
+    };
+    let mut request = TrainRequest {
+        run: RunSource::New(Box::new(new_run.clone())),
+        epochs: 3,
+        device: DeviceChoice::Cpu,
+        data_on: Default::default(),
+        cuda_graphs: false,
+        metrics: None,
+        plot: None,
+    };
+    let mut events = Events::default();
+    let stop = AtomicBool::new(false);
+    let outcome = train(&request, &stop, &mut events).unwrap();
+    assert_eq!(outcome.end, FitEnd::Completed);
+    assert_eq!(outcome.history.len(), 3);
+    assert_eq!(
+        events.0,
+        [
+            "prepared [64, 24, 6] 1527+270",
+            "started true",
+            "epoch 1 true",
+            "epoch 2 true",
+            "epoch 3 true",
+            "finished"
+        ]
+    );
+    let (a, b) = (
+        io::load_model(&by_cli).unwrap(),
+        io::load_model(&by_lib).unwrap(),
+    );
+    assert_eq!(bits(&a.params), bits(&b.params));
+    assert_eq!(a.checkpoint.unwrap().history, b.checkpoint.unwrap().history);
+
+    std::fs::remove_file(&by_lib).unwrap();
+    request.run = RunSource::New(Box::new(NewRun {
+        batch_size: 0,
+        ..new_run
+    }));
+    let err = train(&request, &stop, &mut ()).unwrap_err().to_string();
+    assert!(
+        err.starts_with("--batch-size: must be a positive integer"),
+        "{err}"
+    );
+    assert!(!by_lib.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

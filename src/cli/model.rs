@@ -1,0 +1,170 @@
+//! The commands that run a trained model, `eval`, `encode` and `reconstruct` (the workflows of
+//! `tiedae::workflow::infer`), and `summary`, which reads one.
+
+use anyhow::Result;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tiedae::io;
+use tiedae::workflow::infer::{self, ModelRequest};
+use tiedae::workflow::DeviceChoice;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
+pub struct EncodeArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    /// Output CSV: the ignored columns (Id, label…) as they were, then code_0 … code_{k-1}.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
+pub struct ReconstructArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    /// Output CSV: the ignored columns as they were, then the reconstructed features.
+    #[arg(long)]
+    out: PathBuf,
+    /// Add each row's reconstruction error (MSE in the model's normalized units) and its row number, and
+    /// sort the rows from the worst reconstructed: the usual way to find anomalies.
+    #[arg(long)]
+    per_row_error: bool,
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let request = ModelRequest {
+        model: a.model,
+        data: a.data,
+        device: a.device,
+    };
+    let result = infer::eval(&request)?;
+    if a.json {
+        let obj = serde_json::json!({
+            "mse": result.mse,
+            "samples": result.samples,
+            "features": result.features,
+            "model": request.model.display().to_string(),
+            "data": request.data.display().to_string(),
+            "device": result.device,
+        });
+        println!("{obj}");
+    } else {
+        println!(
+            "mse {:.6} over {} samples × {} features ({})",
+            result.mse, result.samples, result.features, result.device
+        );
+    }
+    Ok(())
+}
+
+pub fn encode(a: EncodeArgs) -> Result<()> {
+    let request = ModelRequest {
+        model: a.model,
+        data: a.data,
+        device: a.device,
+    };
+    let (rows, k) = infer::encode(&request, &a.out)?;
+    println!("{rows} codes of width {k} written to {}", a.out.display());
+    Ok(())
+}
+
+pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
+    let request = ModelRequest {
+        model: a.model,
+        data: a.data,
+        device: a.device,
+    };
+    let (rows, mse) = infer::reconstruct(&request, &a.out, a.per_row_error)?;
+    println!(
+        "{rows} reconstructions written to {} (mse {mse:.6}{})",
+        a.out.display(),
+        if a.per_row_error {
+            ", rows ranked by error, worst first"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+pub fn summary(path: &Path) -> Result<()> {
+    let model = io::load_model(path)?;
+    let spec = &model.spec;
+    let depth = spec.depth();
+    println!("Model: tied autoencoder ({})", path.display());
+    let rule = "─".repeat(86);
+    let row = |cells: [String; 5]| {
+        println!(
+            "{:<26}{:<16}{:<12}{:<10}{}",
+            cells[0], cells[1], cells[2], cells[3], cells[4]
+        )
+    };
+    println!("{rule}");
+    row([
+        "Layer (type)",
+        "Output Shape",
+        "Activation",
+        "Param #",
+        "Kernel",
+    ]
+    .map(String::from));
+    println!("{rule}");
+    for i in 0..depth {
+        let (din, dout) = (spec.widths[i], spec.widths[i + 1]);
+        row([
+            format!("encoder.{i} (Dense)"),
+            format!("(None, {dout})"),
+            spec.encoder_activation(i).to_string(),
+            (din * dout + dout).to_string(),
+            format!("encoder.{i}.kernel ({din}×{dout})"),
+        ]);
+    }
+    for i in (0..depth).rev() {
+        let (din, dout) = (spec.widths[i], spec.widths[i + 1]);
+        row([
+            format!("decoder.{i} (DenseTied)"),
+            format!("(None, {din})"),
+            spec.decoder_activation(i).to_string(),
+            din.to_string(),
+            format!("encoder.{i}.kernel, transposed ({dout}×{din}): tied, not counted again"),
+        ]);
+    }
+    println!("{rule}");
+    let kernels: usize = spec.widths.windows(2).map(|w| w[0] * w[1]).sum();
+    println!(
+        "Total params: {} ({} in {} tied kernel(s), {} in biases)",
+        spec.param_count(),
+        kernels,
+        depth,
+        spec.param_count() - kernels
+    );
+    println!(
+        "Input: {} features, normalization {}",
+        spec.input_width(),
+        model.normalization.kind.as_str()
+    );
+    for (k, v) in &model.training {
+        println!("  {k}: {v}");
+    }
+    Ok(())
+}

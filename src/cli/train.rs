@@ -1,0 +1,354 @@
+//! `tiedae train`: its flags turned into a [`TrainRequest`], and the run's progress and end printed.
+
+use super::{parse_layers, positive};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tiedae::activation::Activation;
+use tiedae::data::{parse_selectors, NormalizeKind};
+use tiedae::optim::Optimizer;
+use tiedae::train::{Constraints, DataType, EpochReport, FitEnd, Placement, GRAPH_STEPS};
+use tiedae::workflow::train::{
+    train as train_run, NewRun, Notice, ResumeRun, RunSource, TrainObserver, TrainPlan,
+    TrainRequest,
+};
+use tiedae::workflow::DeviceChoice;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training data: CSV, header detected. With --resume, defaults to the checkpoint's data file.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Where to write the model (safetensors): after every epoch and at the end, atomically. With --resume,
+    /// defaults to the file resumed from.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue a run from the model file it wrote, to --epochs epochs in all; its settings (model,
+    /// optimizer, batch size, seed, validation split, constraints) come from the file.
+    #[arg(long, conflicts_with = "init")]
+    resume: Option<PathBuf>,
+    /// Widths of the encoder's layers after the input, the last being the code size: e.g. 32,8.
+    #[arg(long, default_value = "32,8")]
+    layers: String,
+    /// Activation of every hidden layer (encoder and decoder): linear|relu|tanh|sigmoid.
+    #[arg(long, default_value = "relu")]
+    activation: Activation,
+    /// Activation of the encoder's last layer (the code).
+    #[arg(long, default_value = "linear")]
+    code_activation: Activation,
+    /// Activation of the decoder's last layer (the reconstruction).
+    #[arg(long, default_value = "linear")]
+    output_activation: Activation,
+    /// sgd|adam.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// Learning rate (default 0.01 for sgd, 0.001 for adam, as in Keras).
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f32>,
+    /// SGD momentum: v = momentum·v − lr·g; w += v.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    momentum: f32,
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
+    batch_size: i64,
+    /// Epochs in all (with --resume: including those already done).
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
+    epochs: i64,
+    /// Seed for the initial weights, the validation split and the shuffling: runs are reproducible.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Batches in file order (no shuffling).
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Start from the weights in this safetensors file (names and shapes must fit the model).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Columns to leave out, by name or 0-based index: e.g. Id,Cover_Type.
+    #[arg(long)]
+    ignore_columns: Option<String>,
+    /// none|standard|minmax; the statistics are stored in the model and applied again by eval and encode.
+    #[arg(long, default_value = "none")]
+    normalize: NormalizeKind,
+    /// Hold out this fraction of the rows (seeded) and report the validation loss every epoch.
+    #[arg(long, allow_negative_numbers = true)]
+    val_split: Option<f64>,
+    /// Stop when the validation loss (or the training loss, without --val-split) has not improved for N
+    /// epochs, and keep the best epoch's weights.
+    #[arg(long, allow_negative_numbers = true)]
+    patience: Option<i64>,
+    /// Add λ·‖WᵀW − I‖_F per kernel (orthogonal kernel columns, as PCA's).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    orthogonality: f32,
+    /// Add λ·Σ_{i≠j} Cov(codes)_ij² over each batch (uncorrelated codes, as PCA's).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    uncorrelated: f32,
+    /// Project every kernel column to norm 1 after each step.
+    #[arg(long)]
+    unit_norm: bool,
+    /// Append one JSON line per epoch: epoch, loss, val_loss, seconds, samples_per_s.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// Keep the data set on the device as f32, or as f16/bf16 (half the memory; each batch is converted to
+    /// f32 as it is gathered).
+    #[arg(long, default_value = "f32")]
+    data_dtype: DataType,
+    /// Draw the loss curves to this PNG at the end (and when stopped).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// cpu|cuda|auto.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// On a GPU: record each run of 32 training steps once as a CUDA graph and replay it, one launch
+    /// instead of one per kernel (small models spend most of a step launching). The same bits as without.
+    /// Off by default until measured on a GPU; the CPU ignores it.
+    #[arg(long)]
+    cuda_graphs: bool,
+    /// Where the data set lives: `device`, `host` (each batch gathered on the host and copied to the GPU: for
+    /// a data set larger than the GPU's memory), or `auto` (the device when the set fits in its free memory).
+    #[arg(long, default_value = "auto")]
+    data_on: Placement,
+}
+
+/// The request the flags make. The flags of a new run are checked here in the order they always were; the
+/// library checks the rest.
+fn request(a: TrainArgs) -> Result<TrainRequest> {
+    let epochs = positive("--epochs", a.epochs)?;
+    let run = match a.resume {
+        Some(from) => RunSource::Resume(ResumeRun {
+            from,
+            data: a.data,
+            out: a.out,
+        }),
+        None => {
+            let batch_size = positive("--batch-size", a.batch_size)?;
+            let optimizer = Optimizer::from_flags(&a.optimizer, a.lr, a.momentum)?;
+            let layers = parse_layers(&a.layers)?;
+            let patience = a.patience.map(|p| positive("--patience", p)).transpose()?;
+            RunSource::New(Box::new(NewRun {
+                data: a.data.expect("clap requires --data without --resume"),
+                out: a.out.expect("clap requires --out without --resume"),
+                ignore: a
+                    .ignore_columns
+                    .as_deref()
+                    .map(parse_selectors)
+                    .unwrap_or_default(),
+                normalize: a.normalize,
+                layers,
+                activation: a.activation,
+                code_activation: a.code_activation,
+                output_activation: a.output_activation,
+                optimizer,
+                batch_size,
+                seed: a.seed,
+                shuffle: !a.no_shuffle,
+                init: a.init,
+                val_split: a.val_split,
+                patience,
+                constraints: Constraints {
+                    orthogonality: a.orthogonality,
+                    uncorrelated: a.uncorrelated,
+                    unit_norm: a.unit_norm,
+                },
+                data_dtype: a.data_dtype,
+            }))
+        }
+    };
+    Ok(TrainRequest {
+        run,
+        epochs,
+        device: a.device,
+        data_on: a.data_on,
+        cuda_graphs: a.cuda_graphs,
+        metrics: a.metrics,
+        plot: a.plot,
+    })
+}
+
+/// Set by Ctrl-C: training stops after the step in flight, saves and says how to resume.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let request = request(a)?;
+    let mut printer = Printer {
+        progress: None,
+        epochs: request.epochs,
+    };
+    let outcome = train_run(&request, &STOP, &mut printer)?;
+    let out = &outcome.out;
+    let last = outcome.history.last().map(|h| h.1).unwrap_or(f64::NAN);
+    match outcome.end {
+        FitEnd::Completed => println!("final loss {last:.6}; model written to {}", out.display()),
+        FitEnd::EarlyStopped { best_epoch, best_loss } => println!(
+            "early stop after epoch {}: no improvement for {} epoch(s); kept epoch {best_epoch} (loss {best_loss:.6}); model written to {}",
+            outcome.state.epochs_done,
+            outcome.patience.unwrap_or(0),
+            out.display()
+        ),
+        FitEnd::Interrupted => {
+            let st = &outcome.state;
+            anyhow::bail!(
+                "interrupted in epoch {} after step {}; saved to {}; resume with: tiedae train --resume {} --epochs {}",
+                st.epochs_done + 1,
+                st.step_in_epoch,
+                out.display(),
+                out.display(),
+                outcome.epochs
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prints a run's progress: a bar on a terminal, plain lines otherwise.
+struct Printer {
+    progress: Option<Progress>,
+    epochs: usize,
+}
+
+impl Printer {
+    fn say(&self, what: &str) {
+        match &self.progress {
+            Some(p) => p.start(what),
+            None => println!("{what}"),
+        }
+    }
+}
+
+impl TrainObserver for Printer {
+    fn prepared(&mut self, plan: &TrainPlan) -> tiedae::Result<()> {
+        // First Ctrl-C: stop after the step in flight and save. A second one: leave at once.
+        ctrlc::set_handler(|| {
+            if STOP.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .context("cannot install the Ctrl-C handler")
+        .map_err(|e| tiedae::Error::Caller(format!("{e:#}")))?;
+        self.progress = Some(Progress::new((plan.epochs - plan.start.epochs_done) as u64));
+        Ok(())
+    }
+
+    fn started(&mut self, plan: &TrainPlan, backend: &str) {
+        let rows_note = if plan.val_rows > 0 {
+            format!(
+                "{} rows (+{} for validation)",
+                plan.train_rows, plan.val_rows
+            )
+        } else {
+            format!("{} rows", plan.train_rows)
+        };
+        let start = &plan.start;
+        self.say(&format!(
+            "training {} on {rows_note} × {} features, {}, {}{}",
+            plan.widths
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join("→"),
+            plan.features,
+            plan.optimizer.describe(),
+            backend,
+            if start.epochs_done > 0 || start.step_in_epoch > 0 {
+                format!(
+                    ", resuming after epoch {} step {}",
+                    start.epochs_done, start.step_in_epoch
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+
+    fn notice(&mut self, notice: &Notice) {
+        let text = match notice {
+            Notice::DataOnHost { auto } => format!(
+                "the data set stays in host memory{}: each batch is gathered there and copied to the GPU",
+                if *auto {
+                    " (it does not fit in the GPU's free memory)"
+                } else {
+                    ""
+                }
+            ),
+            Notice::Graphs { used: false } => {
+                "CUDA graphs: not used, since each step copies its batch from the host".to_string()
+            }
+            Notice::Graphs { used: true } => {
+                format!("CUDA graphs: each run of {GRAPH_STEPS} steps recorded once, then replayed")
+            }
+            Notice::GraphFailures { count, first } => format!(
+                "note: {count} CUDA graph recordings failed and their steps ran kernel by kernel; the first: {first}"
+            ),
+        };
+        self.say(&text);
+    }
+
+    fn epoch(&mut self, report: &EpochReport) -> tiedae::Result<()> {
+        if let Some(p) = &self.progress {
+            p.epoch(report, self.epochs);
+        }
+        Ok(())
+    }
+
+    fn finished(&mut self) {
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
+    }
+}
+
+/// A progress bar on a terminal; plain per-epoch lines otherwise (logs, CI, pipes).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(epochs: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(epochs);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} epoch {pos}/{len}  {msg}  [{elapsed} < {eta}]",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Progress { bar }
+    }
+    fn start(&self, what: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(what),
+            None => println!("{what}"),
+        }
+    }
+    fn epoch(&self, r: &EpochReport, epochs: usize) {
+        let rate = r.samples as f64 / r.seconds.max(1e-9);
+        match &self.bar {
+            Some(bar) => {
+                let val = r
+                    .val_loss
+                    .map(|v| format!("  val_loss {v:.6}"))
+                    .unwrap_or_default();
+                bar.set_message(format!("loss {:.6}{val}  {:.0} samples/s", r.loss, rate));
+                bar.inc(1);
+            }
+            None => {
+                let val = r
+                    .val_loss
+                    .map(|v| format!("  val_loss {v:.6}"))
+                    .unwrap_or_default();
+                println!(
+                    "epoch {}/{epochs}  loss {:.6}{val}  {:.3} s  {:.0} samples/s",
+                    r.epoch, r.loss, r.seconds, rate
+                );
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
