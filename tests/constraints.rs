@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::finite_difference::check_gradient;
 use common::{assert_close, gpu_backend};
 use rand::{RngExt, SeedableRng};
 use std::path::Path;
@@ -153,28 +154,10 @@ fn check(widths: &[usize], acts: (Activation, Activation, Activation), c: Constr
     let penalty = net.penalty(0, ROWS).unwrap();
     assert!(penalty > 1e-5, "{what}: penalty {penalty} is all but zero");
     assert!(at_params.is_finite());
-    let eps = 1e-6;
-    let mut worst = (0.0f64, 0usize);
-    for j in 0..params.len() {
-        let mut p = params.clone();
-        p[j] = params[j] + eps;
-        net.write_params(&p).unwrap();
-        let up = total(&mut net);
-        p[j] = params[j] - eps;
-        net.write_params(&p).unwrap();
-        let down = total(&mut net);
-        let numeric = (up - down) / (2.0 * eps);
-        let err = (analytic[j] - numeric).abs();
-        let allowed = 1e-7 + 1e-5 * numeric.abs();
-        assert!(
-            err <= allowed,
-            "{what}: d(loss + penalty)/d param[{j}] analytic {} vs numeric {numeric} (err {err:e})",
-            analytic[j]
-        );
-        if err > worst.0 {
-            worst = (err, j);
-        }
-    }
+    let worst = check_gradient(&what, "d(loss + penalty)", &params, &analytic, |p| {
+        net.write_params(p).unwrap();
+        total(&mut net)
+    });
     let added = analytic
         .iter()
         .zip(&mse_only)
@@ -185,8 +168,7 @@ fn check(widths: &[usize], acts: (Activation, Activation, Activation), c: Constr
         "{what}: the penalties change the gradient by at most {added:e}: the check would be vacuous"
     );
     eprintln!(
-        "{what}: penalty {penalty:.4}, penalty gradient up to {added:.3e}, worst |analytic − numeric| {:e}",
-        worst.0
+        "{what}: penalty {penalty:.4}, penalty gradient up to {added:.3e}, worst |analytic − numeric| {worst:e}"
     );
 }
 

@@ -3,6 +3,9 @@
 //! kernel, the finite difference of W_i measures the derivative through BOTH uses at once: agreement shows
 //! that the one gradient slot of W_i holds the sum of the encoder's and the decoder's contributions.
 
+mod common;
+
+use common::finite_difference::check_gradient;
 use rand::{RngExt, SeedableRng};
 use tiedae::activation::Activation;
 use tiedae::backend::CpuBackend;
@@ -32,37 +35,17 @@ fn check(widths: &[usize], hidden: Activation, code: Activation, output: Activat
     net.write_params(&params).unwrap();
     net.loss_and_gradient(0, ROWS).unwrap();
     let analytic = net.read_grads().unwrap();
-    let eps = 1e-6;
-    let mut worst = (0.0f64, 0usize);
-    for j in 0..params.len() {
-        let mut p = params.clone();
-        p[j] = params[j] + eps;
-        net.write_params(&p).unwrap();
-        let up = net.loss_and_gradient(0, ROWS).unwrap();
-        p[j] = params[j] - eps;
-        net.write_params(&p).unwrap();
-        let down = net.loss_and_gradient(0, ROWS).unwrap();
-        let numeric = (up - down) / (2.0 * eps);
-        let err = (analytic[j] - numeric).abs();
-        let allowed = 1e-7 + 1e-5 * numeric.abs();
-        assert!(
-            err <= allowed,
-            "widths {widths:?} {hidden}/{code}/{output}: d loss / d param[{j}] analytic {} vs numeric {numeric} (err {err:e})",
-            analytic[j]
-        );
-        if err > worst.0 {
-            worst = (err, j);
-        }
-    }
+    let what = format!("widths {widths:?} {hidden}/{code}/{output}");
+    let worst = check_gradient(&what, "d loss", &params, &analytic, |p| {
+        net.write_params(p).unwrap();
+        net.loss_and_gradient(0, ROWS).unwrap()
+    });
     // A gradient of all zeros would pass trivially: make sure it is not.
     assert!(
         analytic.iter().any(|g| g.abs() > 1e-4),
         "gradient is all but zero"
     );
-    eprintln!(
-        "widths {widths:?} {hidden}/{code}/{output}: worst |analytic − numeric| {:e}",
-        worst.0
-    );
+    eprintln!("{what}: worst |analytic − numeric| {worst:e}");
 }
 
 #[test]
@@ -164,5 +147,21 @@ fn kernel_gradient_is_the_sum_of_both_uses() {
     assert!(
         differs(&enc) && differs(&dec),
         "one use alone already explains the gradient"
+    );
+}
+
+/// The check itself can fail: a gradient off by 1% is caught, the right one passes.
+#[test]
+#[should_panic(expected = "d loss / d param[1] analytic")]
+fn the_finite_difference_check_catches_a_wrong_gradient() {
+    let loss = |p: &[f64]| p[0] * p[0] + p[1].sin();
+    let params = [0.7, 0.3];
+    check_gradient("x² + sin y", "d loss", &params, &[1.4, 0.3f64.cos()], loss);
+    check_gradient(
+        "x² + sin y",
+        "d loss",
+        &params,
+        &[1.4, 1.01 * 0.3f64.cos()],
+        loss,
     );
 }

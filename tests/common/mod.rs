@@ -4,6 +4,7 @@
 
 use tiedae::backend::cuda::CudaBackend;
 
+pub mod finite_difference;
 pub mod recorder;
 
 /// True when the environment variable is set to "1".
