@@ -128,8 +128,7 @@ pub fn fill_order(order: &mut [u32], key: u64) {
 /// `first + j`): parts of one order can be computed by different threads. Computed 32 values at a time
 /// (`Feistel::apply`; with AVX2, four vectors whose hash chains the core overlaps): first every position
 /// of a block of 1024 once, then the positions that landed at or past `rows`, gathered 32 at a time, until
-/// none is left. On one core of the machine of bench/results, 60 000 rows take about 0.35 ms (a `rand`
-/// shuffle of them: 0.3-0.5 ms).
+/// none is left.
 pub fn fill_order_part(part: &mut [u32], first: usize, rows: usize, key: u64) {
     assert!(first + part.len() <= rows, "positions past the order");
     let rows = u32::try_from(rows).expect("at most u32::MAX rows");

@@ -146,9 +146,9 @@ impl<T: Real> CpuBackend<T> {
         Ok(())
     }
 
-    /// Two small products side by side, one per thread, each summed exactly as `gemm` sums it: with 2
-    /// threads a 256×64×256 product took 60-69 µs split across both, 86-94 µs on one (so a pair, 120-140 µs in
-    /// turn, takes about 90 µs side by side).
+    /// Two small products side by side, one per thread, each summed exactly as `gemm` sums it: split across
+    /// two threads, a small product is far from twice as fast as on one, so a pair finishes sooner side by
+    /// side than one after the other.
     pub(super) fn gemm_pair(&mut self, first: GemmArgs, second: GemmArgs) -> Result<()> {
         self.gemm_pair_on(first, second, gemm_threads())
             .map(|_side_by_side| ())
@@ -164,10 +164,9 @@ fn our_gemm<T: 'static>() -> Option<sgemm::Isa> {
         .flatten()
 }
 
-/// Products a `gemm_pair` may run side by side, one per thread, in multiply-adds: from about 3 µs of one core
-/// (below, waking a helper costs more than half the pair) to the mnist workload's 256↔64 layer (its tied
-/// gradient, 256×64×512, 8.4 M, with a 256×256×64 product);
-/// larger ones run faster split across the threads, one after the other.
+/// Products a `gemm_pair` may run side by side, one per thread, in multiply-adds: from where waking a helper
+/// costs less than half the pair, to the mnist workload's 256↔64 layer (its tied gradient, 256×64×512, with a
+/// 256×256×64 product); larger ones run faster split across the threads, one after the other.
 const PAIR_MIN_MACS: usize = 1 << 18;
 const PAIR_MAX_MACS: usize = 1 << 24;
 

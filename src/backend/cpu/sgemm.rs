@@ -14,7 +14,7 @@
 //! held in zmm registers. An untransposed op(A) is read in place, since the kernel only broadcasts its
 //! elements (packing it cost more than it saved at the narrow widths of the workloads); only a last panel of
 //! fewer than MR rows is copied and zero-padded. A transposed op(A) (`rsa == 1`: the dW = Xᵀ·δ products),
-//! read in place, touches a new cache line for every k and ran at ~70% of the untransposed speed, so it is
+//! read in place, touches a new cache line for every k, so it is
 //! packed (`[panel][p][MR]`) wherever each packed panel serves at least PACK_A_MIN_PANELS B panels. Packing
 //! moves values, not sums: every element of C is summed in the same order whatever the thread split or
 //! packing, so the result does not depend on the thread count. It can depend on the instruction set
@@ -34,9 +34,8 @@ const MR: usize = 12;
 /// Columns of a micro-tile: two zmm vectors of 16 f32.
 const NR: usize = 32;
 /// Depth of a packed slice. The workloads' products (k ≤ 784) then run in one slice, each C tile written
-/// once, with the B panel (up to KC·NR·4 = 128 KiB) in L2 rather than L1. Paired runs on 2 threads (60
-/// alternations): 256x256x784 NN 1.09-1.12× and 1024³ 1.05-1.10× the speed at KC = 256 (KC = 512: 1.02×,
-/// 1.04×; 192 and 128: 0.90-0.97×); on one thread within ±2%.
+/// once, with the B panel (up to KC·NR·4 = 128 KiB) in L2 rather than L1: fewer passes over C outweigh the
+/// panel's slower loads (bench/speed-notes.md has the paired measurements of the depths tried).
 const KC: usize = 1024;
 /// The same for AVX2, whose 6×16 tiles read each half of the B panel twice per 12 rows, with half the
 /// multiply-adds per load of AVX-512's: from L1 (KC·NR·4 = 32 KiB) rather than L2.
@@ -45,14 +44,13 @@ const KC_AVX2: usize = 256;
 const MC: usize = 144;
 /// Columns of a packed B block (KC·NC·4 = 4 MiB, in L3).
 const NC: usize = 1024;
-/// Products below this many multiply-adds (about 30 µs of one core) run on the calling thread alone: waking
-/// a helper and waiting for the slower of two costs more. Measured on 2 cores: 2^19 left the digits
-/// workload's 256×32×64 products split in two and ran it at 1.85-1.90M samples/s; 2^21 runs them whole, at
-/// 2.17-2.24M (mnist, whose products are 4-50M MACs, unchanged).
+/// Products below this many multiply-adds run on the calling thread alone: waking a helper and waiting for
+/// the slower of two costs more than the second thread saves. Below 2^21 fall the digits workload's
+/// 256×32×64 products, which ran slower split in two; mnist's products (4-50M multiply-adds) are above.
 const PARALLEL_MIN_MACS: usize = 1 << 21;
 
 /// A transposed op(A) (its MR values of one k side by side, a new cache line for every k) is packed when each
-/// packed panel serves at least this many B panels; read in place it ran at 70% of the untransposed speed.
+/// packed panel serves at least this many B panels; read in place it costs a cache line per value of k.
 /// One thread packs it block by block; several pack it whole once, together, and share it.
 const PACK_A_MIN_PANELS: usize = 4;
 
@@ -208,8 +206,8 @@ pub unsafe fn sgemm(
     unsafe { gemm_serial(&ops) }
 }
 
-/// The least work of one block of rows of the last panels (see [`split`]), in multiply-adds (about 6 µs of
-/// one core).
+/// The least work of one block of rows of the last panels (see [`split`]), in multiply-adds: enough that
+/// handing it out costs little beside it.
 const MIN_BLOCK_MACS: usize = 1 << 19;
 
 /// Runs `o` on up to `threads` threads, handing out its parts dynamically (a thread the host delays takes
@@ -217,8 +215,7 @@ const MIN_BLOCK_MACS: usize = 1 << 19;
 /// part of B (A is read in place, or was packed beforehand when transposed). The last `threads` panels
 /// (all of them when there are fewer than 2·threads) are packed once, into this thread's shared buffer, and
 /// cut by rows into small blocks that come last: a thread that runs out of work waits for the others only
-/// as long as one such block takes, where a whole column chunk took up to an eighth of the product (the
-/// threads' waits at the ends of products were 9% of an mnist step's samples).
+/// as long as one such block takes, where a whole column chunk took up to an eighth of the product.
 ///
 /// # Safety
 /// `o` must satisfy `sgemm`'s contract (and `a_packed`, when set, cover op(A) packed).
@@ -665,8 +662,8 @@ unsafe fn pack_b(
 }
 
 /// One NR-column panel `[p][NR]` of an op(B) with contiguous rows (`b[p·rsb + j]`, j < cols ≤ NR): two 16-wide
-/// loads and stores per k, masked for a last panel of fewer columns (which zero-fills its padding). A slice
-/// copy per k went through libc's memmove for every 128 bytes: 10% of an mnist step.
+/// loads and stores per k, masked for a last panel of fewer columns (which zero-fills its padding): a slice
+/// copy per k would call libc's memmove for every 128 bytes.
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_b_panel_rows(out: &mut [f32], b: *const f32, rsb: isize, cols: usize, kc: usize) {
     use std::arch::x86_64::*;
@@ -695,8 +692,8 @@ unsafe fn pack_b_panel_rows(out: &mut [f32], b: *const f32, rsb: isize, cols: us
 
 /// One NR-column panel `[p][NR]` of a transposed op(B) (`b[p + j·csb]`, j < cols ≤ NR: the weight read as Wᵀ)
 /// by 16×16 transposes in registers: 16 columns of 16 k each are loaded, transposed and stored as 16 rows of
-/// the panel (masked for the last k and for missing columns, which are zero). Element by element, this was
-/// 2% of an mnist step (strided 4-byte stores).
+/// the panel (masked for the last k and for missing columns, which are zero), instead of element by element
+/// (strided 4-byte stores).
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_b_panel_cols(out: &mut [f32], b: *const f32, csb: isize, cols: usize, kc: usize) {
     use std::arch::x86_64::*;
