@@ -17,9 +17,10 @@
 #                                        laptops) gets, measured on one that has it
 #
 # Needs a Python with tensorflow-cpu, numpy and threadpoolctl (e.g. python3 -m venv ~/bench-venv &&
-# ~/bench-venv/bin/pip install tensorflow-cpu numpy threadpoolctl). Writes
-#   bench/results/cpu-<machine>-<date>.jsonl   every raw JSON line, each with "round"
-#   bench/results/cpu-<machine>-<date>.md      the table and the ratios against the goals
+# ~/bench-venv/bin/pip install tensorflow-cpu numpy threadpoolctl). Writes, times in UTC,
+#   bench/results/cpu-<machine>/<date>/<HHMM>[-<isa>][-<workload>].jsonl   every raw JSON line, with "round"
+#   bench/results/cpu-<machine>/<date>/<HHMM>[-<isa>][-<workload>].md      the table, the ratios and goals
+# A run that backs a claim (README, bench/README.md, the speed notes) goes into bench/results/README.md.
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which some machines set for old OpenBLAS builds, are unset for the
 # numpy command only (they slow a current numpy down); its JSON line names the kernel OpenBLAS picked.
 set -euo pipefail
@@ -52,12 +53,13 @@ model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/([^)]*)//g' 
   tr -cs 'a-z0-9' '-' | sed 's/^-*//; s/-*$//')
 machine="${model:-cpu}-$(nproc)c"
 date=$(date -u +%F)
-mkdir -p bench/results
+dir="bench/results/cpu-$machine/$date"
+mkdir -p "$dir"
 only=""
 [ "$WORKLOAD" != all ] && only="-$WORKLOAD"
-stem="bench/results/cpu-$machine-$date${ISA:+-$ISA}$only"
-# A second run on the same day keeps the first: the new files get the time as well.
-[ -e "$stem.jsonl" ] && stem="$stem-$(date -u +%H%M)"
+stem="$dir/$(date -u +%H%M)${ISA:+-$ISA}$only"
+# Two runs in one minute: the second gets the seconds as well.
+[ -e "$stem.jsonl" ] && stem="$dir/$(date -u +%H%M%S)${ISA:+-$ISA}$only"
 out="$stem.jsonl"
 md="$stem.md"
 : >"$out"

@@ -2,7 +2,7 @@
 """Summarizes a bench/run-cpu.sh JSON-lines file as markdown: the median over rounds of every figure, the
 ratios of each round, and whether the issue's CPU goals hold (by the median ratio over rounds).
 
-  python3 bench/summarize.py bench/results/cpu-<machine>-<date>.jsonl > ....md
+  python3 bench/summarize.py bench/results/cpu-<machine>/<date>/<run>.jsonl > ....md
 """
 
 import json

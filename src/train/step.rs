@@ -274,7 +274,7 @@ impl<B: Backend> Network<B> {
 }
 
 /// The matrix products of one training step of a `spec` model on a batch of `batch` rows, in the order the
-/// step runs them: [`Network::train_step`] itself, run on a backend that computes nothing and records each
+/// step runs them: `Network::train_step` itself, run on a backend that computes nothing and records each
 /// product (`tiedae bench --step-gemms` times them alone).
 pub fn step_products(spec: &ModelSpec, batch: usize, optimizer: Optimizer) -> Result<Vec<Gemm>> {
     let params = vec![0.0; spec.param_count()];

@@ -1,6 +1,6 @@
 //! `tiedae demo`: the classic 51→1 scenario, one SGD epoch, read back so that it shows the decoder's kernel IS
 //! the encoder's, moved. The encoder's value is read from the parameters; the decoder's through the decoder
-//! itself: decode(code 1) − decode(code 0) = 1·Wᵀ + c − c = Wᵀ (1×51), whose [0][0] comes from the decoder's
+//! itself: decode(code 1) − decode(code 0) = 1·Wᵀ + c − c = Wᵀ (1×51), whose `[0][0]` comes from the decoder's
 //! own GEMM reading the shared buffer transposed.
 
 use super::Device;
@@ -16,7 +16,7 @@ use rand::{RngExt, SeedableRng};
 pub const ROWS: usize = 16;
 pub const FEATURES: usize = 51;
 
-/// What the demo saw: (encoder kernel[0], decoder kernel[0][0]) before and after the epoch.
+/// What the demo saw: (encoder `kernel[0]`, decoder `kernel[0][0]`) before and after the epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Demo {
     /// The backend's name.

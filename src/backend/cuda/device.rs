@@ -14,7 +14,7 @@ mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-/// The error of [`CudaBackend::new`] in a build without kernels.
+/// The error of [`CudaBackend::new`](super::CudaBackend::new) in a build without kernels.
 pub const NO_KERNELS_MESSAGE: &str = "CUDA unavailable: this tiedae was built without GPU kernels (nvcc was \
                                       not found at build time); install nvcc (scripts/install-nvcc.sh) and \
                                       rebuild, or use --device cpu";

@@ -105,7 +105,7 @@ impl std::fmt::Debug for CudaBackend {
 impl CudaBackend {
     /// A backend on GPU `ordinal`: checks that kernels are built in, the driver loads and the device exists
     /// and can run the PTX, then creates a context and a stream and loads every kernel module once. Every
-    /// failure is one line ([`Error::Device`]).
+    /// failure is one line ([`Error::Device`](crate::Error::Device)).
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
         let info = check_device(ordinal)?;
 
