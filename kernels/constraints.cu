@@ -1,7 +1,7 @@
 // The small ops of the PCA-principle constraints (src/train/constraints.rs). Twins of `diagonal_affine`,
-// `sum_squares`, `div_by_sqrt`, `normalize_columns` and `center_columns` in src/backend/cpu/constraints.rs. The matrix
-// products of the constraints (WᵀW, W·G, Hcᵀ·Hc, Hc·C) are the GEMM of gemm.cu; these kernels only do what
-// a GEMM cannot: touch a diagonal, reduce to a norm that stays in device memory, and scale by it.
+// `sum_squares`, `div_by_sqrt`, `normalize_columns` and `center_columns` in src/backend/cpu/constraints.rs.
+// The matrix products of the constraints (WᵀW, W·G, Hcᵀ·Hc, Hc·C) are the GEMM of gemm.cu; these kernels only
+// do what a GEMM cannot: touch a diagonal, reduce to a norm that stays in device memory, and scale by it.
 //
 // Every reduction is deterministic (a fixed order for a given launch, no atomics) and sums the float values
 // (or their float squares) in double, then rounds once, like the CPU twins.

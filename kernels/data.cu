@@ -39,7 +39,8 @@ __device__ __forceinline__ float half_bits_to_float(unsigned short bits, unsigne
 }
 
 // gather_rows for a data set kept at half size: data is (data_rows, cols) 16-bit floats of `format`, out is
-// (out_rows, cols) f32. Twin of `gather_rows_half` in src/backend/cpu/data.rs. Same launch shape as gather_rows.
+// (out_rows, cols) f32. Twin of `gather_rows_half` in src/backend/cpu/data.rs. Same launch shape as
+// gather_rows.
 extern "C" __global__ void gather_rows_half(const unsigned short* __restrict__ data,
                                             const unsigned int* __restrict__ idx, float* __restrict__ out,
                                             unsigned long long out_rows, unsigned long long cols,

@@ -1,6 +1,6 @@
 // Element-wise kernels of the forward and backward pass, and `fill`. Twins of `bias_act`, `act_backward` and
-// `fill` in src/backend/cpu/elementwise.rs. Launched from src/backend/cuda/elementwise.rs with 256 threads per block and a capped
-// grid; every kernel is a grid-stride loop, so any grid size is correct.
+// `fill` in src/backend/cpu/elementwise.rs. Launched from src/backend/cuda/elementwise.rs with 256 threads
+// per block and a capped grid; every kernel is a grid-stride loop, so any grid size is correct.
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/elementwise.cu -o elementwise.ptx
 #include "common.cuh"

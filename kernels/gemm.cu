@@ -1,8 +1,8 @@
-// C = alpha·op(A)·op(B) + beta·C in f32, row-major, op ∈ {N, T} per operand by runtime flag, optionally followed
-// by C = f(C + bias) (the forward pass's bias and activation, fused into the epilogue). Twin of `gemm` and
-// `gemm_bias_act` in src/backend/cpu/gemm.rs. The tied autoencoder reads its one kernel W in both orientations
-// through these flags (encoder x·W, decoder h·Wᵀ, and the two halves of dW): nothing is ever transposed in
-// memory.
+// C = alpha·op(A)·op(B) + beta·C in f32, row-major, op ∈ {N, T} per operand by runtime flag, optionally
+// followed by C = f(C + bias) (the forward pass's bias and activation, fused into the epilogue). Twin of
+// `gemm` and `gemm_bias_act` in src/backend/cpu/gemm.rs. The tied autoencoder reads its one kernel W in both
+// orientations through these flags (encoder x·W, decoder h·Wᵀ, and the two halves of dW): nothing is ever
+// transposed in memory.
 //
 // Two tilings of the same product, picked by the host per call (src/backend/cuda/gemm.rs, `GemmKernel`):
 //   - `gemm` (64×64 tiles, below): many small blocks, for the narrow shapes of a training step that would
@@ -32,9 +32,9 @@
 // thread overwrites As/Bs (next slice or next tile) while another still reads them. The loop bounds depend
 // only on blockIdx/gridDim and the kernel arguments: every thread of a block reaches every barrier.
 //
-// The host (src/backend/cuda/gemm.rs) checks the sizes of A, B, C against M, N, K, and that M, N, K fit in an int
-// with room for one more tile (<= INT_MAX - 256), so no index below overflows; offsets into the matrices are
-// computed in size_t.
+// The host (src/backend/cuda/gemm.rs) checks the sizes of A, B, C against M, N, K, and that M, N, K fit in an
+// int with room for one more tile (<= INT_MAX - 256), so no index below overflows; offsets into the matrices
+// are computed in size_t.
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/gemm.cu -o gemm.ptx
 //                ptxas -arch=sm_61 -v gemm.ptx     (registers and spills)

@@ -1,5 +1,6 @@
 // The MSE loss and its gradient taken through the output activation. Twin of `mse_backward` in
-// src/backend/cpu/loss.rs: grad = 2/count·(pred − target)·f'(pred) and loss[0] = Σ (pred − target)² (overwritten).
+// src/backend/cpu/loss.rs: grad = 2/count·(pred − target)·f'(pred) and loss[0] = Σ (pred − target)²
+// (overwritten).
 //
 // The sum is deterministic (same bits on every run, no atomics, no prior memset) and done in two launches on
 // one stream:

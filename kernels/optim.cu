@@ -1,7 +1,7 @@
 // Optimizer updates over the flat parameter buffer: one launch updates every parameter of the model. Twins of
-// `sgd_step` and `adam_step` in src/backend/cpu/optim.rs, written in the same (Keras) operation order. `__fmul_rn`
-// and `__fadd_rn` are never contracted into fused multiply-adds, so every step is rounded exactly like the
-// CPU's: with the same inputs the two backends produce the same bits.
+// `sgd_step` and `adam_step` in src/backend/cpu/optim.rs, written in the same (Keras) operation order.
+// `__fmul_rn` and `__fadd_rn` are never contracted into fused multiply-adds, so every step is rounded exactly
+// like the CPU's: with the same inputs the two backends produce the same bits.
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/optim.cu -o optim.ptx
 #include "common.cuh"
@@ -16,7 +16,8 @@ extern "C" __global__ void sgd_step(float* __restrict__ w, const float* __restri
     }
 }
 
-// Adam's constants, passed by value; the layout of `KernelAdamConfig` in src/backend/cuda/launch.rs (#[repr(C)]).
+// Adam's constants, passed by value; the layout of `KernelAdamConfig` in src/backend/cuda/launch.rs
+// (#[repr(C)]).
 struct AdamConfig {
     float beta1;
     float beta2;

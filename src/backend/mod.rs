@@ -167,9 +167,10 @@ pub struct AdamConfig {
     pub epsilon: f32,
 }
 
-/// The ops of a training step. Each op has a kernel in `kernels/*.cu`, launched from the file of the same name in
-/// `cuda/`, and a CPU twin in the file of the same name in `cpu/` (`gemm`: kernels/gemm.cu, cuda/gemm.rs,
-/// cpu/gemm.rs); the doc of each method states the layouts. Regions passed as outputs never overlap regions passed as inputs.
+/// The ops of a training step. Each op has a kernel in `kernels/*.cu`, launched from the file of the same
+/// name in `cuda/`, and a CPU twin in the file of the same name in `cpu/` (`gemm`: kernels/gemm.cu,
+/// cuda/gemm.rs, cpu/gemm.rs); the doc of each method states the layouts. Regions passed as outputs never
+/// overlap regions passed as inputs.
 pub trait Backend {
     type Scalar: Real;
 

@@ -1,7 +1,8 @@
-// Prints, one `NAME value` a line, every #define of kernels/*.cu that the host side (src/backend/cuda/launch.rs)
-// must agree with: launch shapes, tile sizes, activation codes, 16-bit formats. The test
-// `kernel_constants_match_the_host` (tests/kernels_on_cpu.rs) compares them with `cuda::kernel_constants()`.
-// The values come from the kernels' own headers, so an expression such as GEMM_THREADS's is evaluated.
+// Prints, one `NAME value` a line, every #define of kernels/*.cu that the host side
+// (src/backend/cuda/launch.rs) must agree with: launch shapes, tile sizes, activation codes, 16-bit formats.
+// The test `kernel_constants_match_the_host` (tests/kernels_on_cpu.rs) compares them with
+// `cuda::kernel_constants()`. The values come from the kernels' own headers, so an expression such as
+// GEMM_THREADS's is evaluated.
 #include <cstdio>
 
 #include "constraints.cu"

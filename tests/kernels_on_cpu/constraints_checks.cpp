@@ -1,6 +1,6 @@
 // The kernels of kernels/constraints.cu, compiled for the CPU through cuda_on_cpu.h and launched as
-// src/backend/cuda/constraints.rs launches them, with its grid caps as parameters (smaller caps make blocks walk their
-// stride loops):
+// src/backend/cuda/constraints.rs launches them, with its grid caps as parameters (smaller caps make blocks
+// walk their stride loops):
 //   - diagonal_affine (grid_1d over n): m[i, i] = scale·m[i, i] + shift, or shift when scale == 0 (a NaN on
 //     the diagonal must not leak through); the CPU twin's float operations, so bit for bit; the rest of m
 //     untouched.
@@ -26,8 +26,8 @@ static_assert(COLUMN_TX == 32 && COLUMN_TY == 16, "COLUMN_BLOCK of src/backend/c
 
 namespace {
 
-// column_grid of src/backend/cuda/constraints.rs (its other launch shape, grid_1d, is check_util.h's), `cap` standing in
-// for MAX_BLOCKS.
+// column_grid of src/backend/cuda/constraints.rs (its other launch shape, grid_1d, is check_util.h's), `cap`
+// standing in for MAX_BLOCKS.
 dim3 column_grid(size_t cols, size_t cap) {
     return dim3((unsigned int)std::clamp<size_t>((cols + COLUMN_TX - 1) / COLUMN_TX, 1, cap));
 }

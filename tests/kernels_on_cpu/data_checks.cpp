@@ -1,14 +1,14 @@
 // The batch gathers of kernels/data.cu (gather_rows, and gather_rows_half for IEEE f16 and bf16), compiled
-// for the CPU through cuda_on_cpu.h and launched as src/backend/cuda/data.rs launches them (gather_config: blocks
-// of 256 threads, gridDim.x = min(⌈cols/256⌉, MAX_GRID_Y) over the columns, gridDim.y = min(out_rows,
+// for the CPU through cuda_on_cpu.h and launched as src/backend/cuda/data.rs launches them (gather_config:
+// blocks of 256 threads, gridDim.x = min(⌈cols/256⌉, MAX_GRID_Y) over the columns, gridDim.y = min(out_rows,
 // MAX_GRID_Y) over the rows; smaller caps stand in for MAX_GRID_Y so that blocks walk both stride loops;
-// nothing is launched when out_rows·cols == 0). Checked against out[r, :] = data[idx[r], :], bit for bit
-// (a gather is a copy, and both 16-bit formats are subsets of f32): f16 against an independent decoding
+// nothing is launched when out_rows·cols == 0). Checked against out[r, :] = data[idx[r], :], bit for bit (a
+// gather is a copy, and both 16-bit formats are subsets of f32): f16 against an independent decoding
 // (sign·frac·2^(exp−25), subnormals, ±inf, NaN), bf16 as the top half of an f32; all 65536 bit patterns of
 // each format are gathered. An index ≥ data_rows must give a NaN row and read nothing: the data are followed
-// (and preceded) by rows of a finite sentinel, so a read just past the end shows as a number, not NaN.
-// out has NaN guards on both sides. Built and run by tests/kernels_on_cpu.rs; exits non-zero after printing
-// every failure.
+// (and preceded) by rows of a finite sentinel, so a read just past the end shows as a number, not NaN. out
+// has NaN guards on both sides. Built and run by tests/kernels_on_cpu.rs; exits non-zero after printing every
+// failure.
 #include <functional>
 
 #include "data.cu"

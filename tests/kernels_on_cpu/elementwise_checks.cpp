@@ -1,7 +1,7 @@
 // The element-wise kernels of kernels/elementwise.cu (bias_act, act_backward, fill), compiled for the CPU
-// through cuda_on_cpu.h, launched as src/backend/cuda/elementwise.rs launches them (grid_1d: 256 threads a block, at most
-// MAX_BLOCKS blocks; smaller caps stand in for MAX_BLOCKS so that a few blocks walk the grid-stride loop)
-// and checked against their contract:
+// through cuda_on_cpu.h, launched as src/backend/cuda/elementwise.rs launches them (grid_1d: 256 threads a
+// block, at most MAX_BLOCKS blocks; smaller caps stand in for MAX_BLOCKS so that a few blocks walk the
+// grid-stride loop) and checked against their contract:
 //   - bias_act: z = f(z + bias[i % cols]). The float sum is exact to transcribe; linear and relu are then
 //     compared bit for bit, tanh and sigmoid against f64 with rtol 4e-7 (tanhf/expf are within 2 ulp, the
 //     sigmoid's add and divide round twice more: at most ~3.5 ulp = 4.2e-7 of the result).

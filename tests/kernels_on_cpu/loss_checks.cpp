@@ -1,8 +1,9 @@
-// The MSE loss of kernels/loss.cu, compiled for the CPU through cuda_on_cpu.h and run as src/backend/cuda/loss.rs
-// runs it: mse_backward over min(⌈n/MSE_THREADS⌉, MSE_MAX_BLOCKS) blocks writing one partial each into a
-// scratch of MSE_MAX_BLOCKS doubles, then mse_finalize (one block) summing the first `blocks` of them into
-// loss[0]; with n == 0 only mse_finalize runs (num_partials 0) and must write 0. Smaller caps stand in for
-// MSE_MAX_BLOCKS so that a few blocks walk the grid-stride loop. Checked against the contract:
+// The MSE loss of kernels/loss.cu, compiled for the CPU through cuda_on_cpu.h and run as
+// src/backend/cuda/loss.rs runs it: mse_backward over min(⌈n/MSE_THREADS⌉, MSE_MAX_BLOCKS) blocks writing one
+// partial each into a scratch of MSE_MAX_BLOCKS doubles, then mse_finalize (one block) summing the first
+// `blocks` of them into loss[0]; with n == 0 only mse_finalize runs (num_partials 0) and must write 0.
+// Smaller caps stand in for MSE_MAX_BLOCKS so that a few blocks walk the grid-stride loop. Checked against
+// the contract:
 //   - grad = scale·(pred − target)·f'(pred) with scale = (float)(2/count): the CPU twin's float operations
 //     in its order, so bit for bit;
 //   - loss[0] = Σ (double)((pred − target)²) rounded once to float: the sums differ from an f64 reference

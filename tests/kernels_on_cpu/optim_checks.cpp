@@ -1,11 +1,11 @@
 // The optimizer updates of kernels/optim.cu (sgd_step, adam_step), compiled for the CPU through cuda_on_cpu.h
-// and launched as src/backend/cuda/optim.rs launches them (grid_1d: 256 threads a block, at most MAX_BLOCKS blocks;
-// smaller caps stand in for MAX_BLOCKS so that a few blocks walk the grid-stride loop; nothing is launched for
-// n == 0). Each case runs several steps on the same state. The kernels round every operation by itself
-// (__fmul_rn/__fadd_rn, IEEE sqrtf and '/'), so after every step w, v (and Adam's m) must equal, bit for bit,
-// a C++ transcription of the CPU twins (`sgd_step` in src/backend/cpu/optim.rs, `adam_generic` in
-// src/backend/cpu/fast_math.rs) in their operation order. Every buffer has NaN guards on both sides. Built and
-// run by tests/kernels_on_cpu.rs; exits non-zero after printing every failure.
+// and launched as src/backend/cuda/optim.rs launches them (grid_1d: 256 threads a block, at most MAX_BLOCKS
+// blocks; smaller caps stand in for MAX_BLOCKS so that a few blocks walk the grid-stride loop; nothing is
+// launched for n == 0). Each case runs several steps on the same state. The kernels round every operation by
+// itself (__fmul_rn/__fadd_rn, IEEE sqrtf and '/'), so after every step w, v (and Adam's m) must equal, bit
+// for bit, a C++ transcription of the CPU twins (`sgd_step` in src/backend/cpu/optim.rs, `adam_generic` in
+// src/backend/cpu/fast_math.rs) in their operation order. Every buffer has NaN guards on both sides. Built
+// and run by tests/kernels_on_cpu.rs; exits non-zero after printing every failure.
 #include "optim.cu"
 #include "check_util.h"
 

@@ -1,7 +1,7 @@
-// col_sum of kernels/reduce.cu, compiled for the CPU through cuda_on_cpu.h and launched as src/backend/cuda/reduce.rs
-// launches it: blocks of (COL_SUM_TX, COL_SUM_TY) threads, min(⌈cols/COL_SUM_TX⌉, MAX_BLOCKS) of them
-// (smaller caps stand in for MAX_BLOCKS so that a block walks several column tiles); nothing is launched when
-// cols == 0, and rows == 0 must write zeros. Checked against out[c] = Σ_r m[r, c]:
+// col_sum of kernels/reduce.cu, compiled for the CPU through cuda_on_cpu.h and launched as
+// src/backend/cuda/reduce.rs launches it: blocks of (COL_SUM_TX, COL_SUM_TY) threads, min(⌈cols/COL_SUM_TX⌉,
+// MAX_BLOCKS) of them (smaller caps stand in for MAX_BLOCKS so that a block walks several column tiles);
+// nothing is launched when cols == 0, and rows == 0 must write zeros. Checked against out[c] = Σ_r m[r, c]:
 //   - small integers: every partial sum is exact in float whatever the order, so bit for bit;
 //   - values in [-1, 1): float sums in the kernel's order (⌈rows/COL_SUM_TY⌉ adds per thread, then a tree of
 //     log2(COL_SUM_TY) = 4) against f64: each add rounds by at most 2⁻²⁴ of the column's Σ|m|, so

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::real::Real;
 
 impl<T: Real> CpuBackend<T> {
-    /// `c = alpha·op(a)·op(b) + beta·c` of [`Backend::gemm`](crate::backend::Backend::gemm) on the stored matrices, on at most `threads`
+    /// `c = alpha·op(a)·op(b) + beta·c` of `Backend::gemm` on the stored matrices, on at most `threads`
     /// threads (the result does not depend on how many).
     fn gemm_slices(g: Gemm, a_in: &[T], b_in: &[T], c_out: &mut [T], threads: usize) {
         let Gemm { m, n, k, .. } = g;
@@ -85,7 +85,7 @@ impl<T: Real> CpuBackend<T> {
         }
     }
 
-    /// [`Backend::gemm_pair`](crate::backend::Backend::gemm_pair) on at most `threads` threads; says whether the two ran side by side.
+    /// `Backend::gemm_pair` on at most `threads` threads; says whether the two ran side by side.
     pub(super) fn gemm_pair_on(
         &mut self,
         first: GemmArgs,

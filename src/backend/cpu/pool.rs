@@ -11,11 +11,11 @@
 //! job) runs its chunks alone: nothing waits on anything else.
 //!
 //! On a machine busy with other work a helper can lose its core in the middle of a chunk, and every op then
-//! waits for it: with another process spinning on one of 2 cores, two threads ran a step at half the speed
-//! of one (bench/speed-notes.md, "A busy machine"). So the caller notes how long it waited for the helpers after its own
-//! share: when, over a window of WINDOW_JOBS jobs, it waited more than WAIT_SHARE of the time it worked, it
-//! runs the next SOLO_JOBS jobs alone, then tries the helpers again. Results do not depend on the thread
-//! count, so this changes only the speed.
+//! waits for it: with another process spinning on one of 2 cores, two threads ran a step at half the speed of
+//! one (bench/speed-notes.md, "A busy machine"). So the caller notes how long it waited for the helpers after
+//! its own share: when, over a window of WINDOW_JOBS jobs, it waited more than WAIT_SHARE of the time it
+//! worked, it runs the next SOLO_JOBS jobs alone, then tries the helpers again. Results do not depend on the
+//! thread count, so this changes only the speed.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};

@@ -6,9 +6,9 @@ use crate::error::Result;
 use crate::real::Real;
 
 impl<T: Real> CpuBackend<T> {
-    /// [`Backend::col_sum`](crate::backend::Backend::col_sum) on at most `threads` threads: ranges of columns, each summed over all rows in
-    /// row order (the same sums however the columns are split; each thread's reads a cache line or more
-    /// wide), split only when there is enough work.
+    /// `Backend::col_sum` on at most `threads` threads: ranges of columns, each summed over all rows in row
+    /// order (the same sums however the columns are split; each thread's reads a cache line or more wide),
+    /// split only when there is enough work.
     pub(super) fn col_sum_on(&mut self, m: Region, cols: usize, out: Region, threads: usize) {
         assert_eq!(out.len, cols, "col_sum output size");
         self.with_out(out, |bufs, out| {

@@ -49,8 +49,9 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// x is (n), out is (1): out[0] = Σ x² (overwritten). Twin of `sum_squares` in cpu/constraints.rs. Two launches, as
-    /// `mse_backward`: per-block partials into the backend's scratch, then `mse_finalize` sums them.
+    /// x is (n), out is (1): out[0] = Σ x² (overwritten). Twin of `sum_squares` in cpu/constraints.rs. Two
+    /// launches, as `mse_backward`: per-block partials into the backend's scratch, then `mse_finalize` sums
+    /// them.
     pub(super) fn sum_squares(&mut self, x: Region, out: Region) -> Result<()> {
         assert!(out.len >= 1, "sum_squares: the output region is empty");
         let out = out.prefix(1);

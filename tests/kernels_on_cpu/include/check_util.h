@@ -20,13 +20,13 @@
 
 #include "common.cuh"  // the activation codes (ACT_*), for grad_from_output
 
-// src/backend/cuda/launch.rs: THREADS (a block of grid_1d and of gather_config) and MAX_BLOCKS (the cap of grid_1d,
-// column_grid and col_sum's grid).
+// src/backend/cuda/launch.rs: THREADS (a block of grid_1d and of gather_config) and MAX_BLOCKS (the cap of
+// grid_1d, column_grid and col_sum's grid).
 constexpr unsigned int THREADS = 256;
 constexpr size_t MAX_BLOCKS = 4096;
 
-// grid_1d of src/backend/cuda/launch.rs: n.div_ceil(THREADS).clamp(1, MAX_BLOCKS) blocks of THREADS threads; `cap`
-// stands in for MAX_BLOCKS (smaller caps make a few blocks walk the grid-stride loop).
+// grid_1d of src/backend/cuda/launch.rs: n.div_ceil(THREADS).clamp(1, MAX_BLOCKS) blocks of THREADS threads;
+// `cap` stands in for MAX_BLOCKS (smaller caps make a few blocks walk the grid-stride loop).
 inline dim3 grid_1d(size_t n, size_t cap) {
     return dim3((unsigned int)std::clamp<size_t>((n + THREADS - 1) / THREADS, 1, cap));
 }
