@@ -4,6 +4,7 @@
 
 use tiedae::backend::cuda::CudaBackend;
 
+pub mod emulated;
 pub mod finite_difference;
 pub mod recorder;
 
@@ -12,16 +13,47 @@ pub fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v.trim() == "1")
 }
 
-/// A CUDA backend on GPU 0, or `None` with `SKIPPED <test>: no usable GPU (<reason>)` on stderr (visible with
-/// `--nocapture`). With `TIEDAE_REQUIRE_GPU=1` (the GPU check script) a missing GPU fails the test instead.
+/// A CUDA backend on GPU 0 for a GPU test, on a real GPU when one works, else on the emulated CUDA driver
+/// (see `emulated`): there the test's body runs in a child process, and this returns `None` in the parent
+/// once the child passed. Without either, `None` with `SKIPPED <test>: ...` on stderr, or a failure when
+/// `TIEDAE_REQUIRE_GPU=1` (a real GPU, nothing else) or `TIEDAE_REQUIRE_KERNELS=1` (the emulator at least).
 pub fn gpu_backend(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(backend) => Some(backend),
-        Err(e) => {
+    if emulated::in_child() {
+        return Some(CudaBackend::new(0).unwrap_or_else(|e| {
+            panic!("{test}: the emulated CUDA driver does not give a backend: {e}")
+        }));
+    }
+    match emulated::gpu() {
+        emulated::Gpu::Real => Some(
+            CudaBackend::new(0)
+                .unwrap_or_else(|e| panic!("{test}: `tiedae info` calls GPU 0 usable, but: {e}")),
+        ),
+        emulated::Gpu::Emulated(emulator) => {
+            let out = emulated::run_child(emulator, &[]);
+            emulated::assert_child_passed(emulator, &out);
+            None
+        }
+        emulated::Gpu::Missing(why) => {
             if env_flag("TIEDAE_REQUIRE_GPU") {
-                panic!("{test}: TIEDAE_REQUIRE_GPU=1 but there is no usable GPU: {e}");
+                panic!("{test}: TIEDAE_REQUIRE_GPU=1 but there is no usable GPU: {why}");
             }
-            skipped(&format!("{test}: no usable GPU ({e})"));
+            skipped(&format!("{test}: {why}"));
+            None
+        }
+    }
+}
+
+/// The environment in which the release binary runs `--device cuda` for a GPU test: none on a real GPU, the
+/// emulated driver's otherwise; `None` as [`gpu_backend`] gives it.
+pub fn gpu_env(test: &str) -> Option<Vec<(String, String)>> {
+    match emulated::gpu() {
+        emulated::Gpu::Real => Some(Vec::new()),
+        emulated::Gpu::Emulated(emulator) => Some(emulator.env()),
+        emulated::Gpu::Missing(why) => {
+            if env_flag("TIEDAE_REQUIRE_GPU") {
+                panic!("{test}: TIEDAE_REQUIRE_GPU=1 but there is no usable GPU: {why}");
+            }
+            skipped(&format!("{test}: {why}"));
             None
         }
     }
