@@ -366,6 +366,8 @@ fn build() -> Result<Emulator, String> {
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();
     kernel_files.sort();
+    // The driver's own test kernels (tests/emulated_cuda.rs): never in tiedae's PTX.
+    kernel_files.push(here.join("selfcheck_kernels.cu"));
     for cu in &kernel_files {
         let text = std::fs::read_to_string(cu).map_err(|e| format!("{}: {e}", cu.display()))?;
         let stem = cu.file_stem().unwrap().to_string_lossy().into_owned();
@@ -450,5 +452,11 @@ fn build() -> Result<Emulator, String> {
         ));
     }
     std::fs::rename(&tmp, &dir).map_err(|e| format!("moving the build into place: {e}"))?;
+    // Builds from older sources are not needed any more.
+    for old in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        if old.path() != dir && old.path().is_dir() {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+    }
     Ok(emulator())
 }

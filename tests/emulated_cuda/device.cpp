@@ -6,6 +6,7 @@
 //   TIEDAE_EMU_MEMORY_MIB    device memory (default 6144)
 //   TIEDAE_EMU_MEMORY_POOLS  1 (default): stream-ordered allocation (cuMemAllocAsync); 0: cuMemAlloc
 //   TIEDAE_EMU_SEED          the seed of the streams' interleaving (default: drawn from the clock)
+//   TIEDAE_EMU_INTERLEAVE    0: a stream runs another's work only when it waits for it (default 1)
 //   TIEDAE_EMU_TRACE         a file that gets one line per launch, copy and fault
 // A value that does not parse makes cuInit fail with CUDA_ERROR_INVALID_VALUE naming the variable.
 #include <chrono>
@@ -55,19 +56,20 @@ bool parse_version(const char* var, int& major, int& minor) {
 
 Config load_config() {
     Config c;
-    long devices = c.devices, sms = c.sms, mib = long(c.total_memory >> 20), pools = 1;
+    long devices = c.devices, sms = c.sms, mib = long(c.total_memory >> 20), pools = 1, interleave = 1;
     int driver_major = 12, driver_minor = 2;
     bool ok = parse_int("TIEDAE_EMU_DEVICES", 0, 16, devices) && parse_int("TIEDAE_EMU_SMS", 1, 1024, sms) &&
               parse_version("TIEDAE_EMU_CC", c.cc_major, c.cc_minor) &&
               parse_version("TIEDAE_EMU_DRIVER", driver_major, driver_minor) &&
               parse_int("TIEDAE_EMU_MEMORY_MIB", 1, 1 << 24, mib) &&
-              parse_int("TIEDAE_EMU_MEMORY_POOLS", 0, 1, pools);
+              parse_int("TIEDAE_EMU_MEMORY_POOLS", 0, 1, pools) && parse_int("TIEDAE_EMU_INTERLEAVE", 0, 1, interleave);
     (void)ok;
     c.devices = int(devices);
     c.sms = int(sms);
     c.driver_version = 1000 * driver_major + 10 * driver_minor;
     c.total_memory = size_t(mib) << 20;
     c.memory_pools = pools == 1;
+    c.interleave = interleave == 1;
     if (const char* s = std::getenv("TIEDAE_EMU_SEED"); s != nullptr && *s != '\0') {
         char* end = nullptr;
         c.seed = std::strtoull(s, &end, 10);

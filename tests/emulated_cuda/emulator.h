@@ -52,6 +52,7 @@ struct Config {
     size_t total_memory = size_t(6) << 30;
     bool memory_pools = true;
     uint64_t seed = 0;
+    bool interleave = true;  // TIEDAE_EMU_INTERLEAVE=0: other streams run only when waited for
     std::string trace;
 };
 const Config& config();

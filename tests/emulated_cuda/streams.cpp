@@ -26,8 +26,13 @@
 namespace emu {
 namespace {
 
+// Stream 0 is the legacy (null) stream; the others are numbered in creation order, never reused.
 std::vector<std::unique_ptr<EmuStreamState>>& streams() {
-    static std::vector<std::unique_ptr<EmuStreamState>> v;
+    static std::vector<std::unique_ptr<EmuStreamState>> v = [] {
+        std::vector<std::unique_ptr<EmuStreamState>> first;
+        first.push_back(std::make_unique<EmuStreamState>());
+        return first;
+    }();
     return v;
 }
 std::set<const void*>& live_streams() {
@@ -46,14 +51,11 @@ std::set<const void*>& live_events() {
 EmuStreamState* new_stream() {
     streams().push_back(std::make_unique<EmuStreamState>());
     EmuStreamState* s = streams().back().get();
-    s->id = streams().size() - 1;  // the legacy stream is 0
+    s->id = streams().size() - 1;
     return s;
 }
 
-EmuStreamState* legacy() {
-    static EmuStreamState* s = new_stream();
-    return s;
-}
+EmuStreamState* legacy() { return streams()[0].get(); }
 
 std::mt19937_64& rng() {
     static std::mt19937_64 r(config().seed);
@@ -227,6 +229,7 @@ void execute(const Op& op) {
     // After a fault the context is lost, as on a GPU: queued work only drains.
     if (sticky() != CUDA_SUCCESS && op.kind != OpKind::FreeAsync && op.kind != OpKind::Record) return;
     check_hazards(op);
+    if (sticky() != CUDA_SUCCESS && op.kind != OpKind::FreeAsync && op.kind != OpKind::Record) return;
     switch (op.kind) {
         case OpKind::Kernel: {
             std::vector<Range> poisoned = poison_unordered_writes(op);
@@ -297,7 +300,7 @@ void step(EmuStreamState* s);
 
 // One time in four, one runnable op of another stream runs first.
 void maybe_interleave(EmuStreamState* target) {
-    if (rng()() % 4 != 0) return;
+    if (!config().interleave || rng()() % 4 != 0) return;
     std::vector<EmuStreamState*> others;
     for (auto& s : streams()) {
         if (s.get() != target && runnable(s.get())) others.push_back(s.get());

@@ -12,6 +12,7 @@
 #include "emulator.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -225,6 +226,19 @@ void run_block_as_fibers(unsigned threads) {
         if (!any_waiting) return;
     }
 }
+
+#if defined(__SANITIZE_ADDRESS__)
+// After AddressSanitizer's report (and before it stops the process): which kernel, block and thread.
+void after_asan_report(const char*) {
+    if (running_kernel == nullptr) return;
+    std::fprintf(stderr,
+                 "emulated CUDA: while running kernel %s, block (%u, %u, %u), thread (%u, %u, %u) "
+                 "[TIEDAE_EMU_SEED=%llu replays this run's interleaving]\n",
+                 running_kernel, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z,
+                 (unsigned long long)config().seed);
+}
+__attribute__((constructor)) void install_asan_callback() { __asan_set_error_report_callback(&after_asan_report); }
+#endif
 
 }  // namespace
 
