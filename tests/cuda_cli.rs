@@ -381,7 +381,7 @@ fn ctrl_c_and_resume_on_cuda() {
         "train", "--data", &data, "--out", &out, "--epochs", "1000000",
     ];
     args.extend_from_slice(&common_args);
-    let child = case
+    let mut child = case
         .command(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -389,6 +389,13 @@ fn ctrl_c_and_resume_on_cuda() {
         .unwrap();
     let t0 = std::time::Instant::now();
     while !Path::new(&out).exists() {
+        if child.try_wait().unwrap().is_some() {
+            let failed = child.wait_with_output().unwrap();
+            panic!(
+                "training ended before its first checkpoint: {}",
+                String::from_utf8_lossy(&failed.stderr)
+            );
+        }
         assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -237,6 +237,68 @@ fn gemm_on<B: tiedae::backend::Backend<Scalar = f32>>(
     c
 }
 
+/// The device's memory decides where `--data-on auto` keeps the data set: a device of 1 MiB keeps the
+/// digits (0.46 MB, and the model and its batches besides) on the host and trains to the same bits; a model
+/// too large for it fails with one line naming the error.
+#[test]
+fn a_device_too_small_for_the_data_keeps_it_on_the_host() {
+    let test = "a_device_too_small_for_the_data_keeps_it_on_the_host";
+    let Some(emulator) = emulator_or_skip(test) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("tiedae-emu-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = digits();
+    let train = |mib: &str, placement: &str, out: &str, layers: &str| {
+        let out = dir.join(out).display().to_string();
+        let run = tiedae(
+            emulator,
+            &[("TIEDAE_EMU_MEMORY_MIB", mib)],
+            &[
+                "train",
+                "--data",
+                &data,
+                "--ignore-columns",
+                "digit",
+                "--layers",
+                layers,
+                "--epochs",
+                "1",
+                "--device",
+                "cuda",
+                "--data-on",
+                placement,
+                "--out",
+                &out,
+            ],
+        );
+        (run, out)
+    };
+    let (small, small_model) = train("1", "auto", "small.safetensors", "8,3");
+    let stderr = String::from_utf8_lossy(&small.stderr);
+    assert!(small.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&small.stdout).contains("stays in host memory"));
+    let (large, large_model) = train("6144", "auto", "large.safetensors", "8,3");
+    assert!(
+        large.status.success(),
+        "{}",
+        String::from_utf8_lossy(&large.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&large.stdout).contains("stays in host memory"));
+    let params = |m: &str| tiedae::io::load_model(Path::new(m)).unwrap().params;
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    assert_eq!(bits(params(&small_model)), bits(params(&large_model)));
+    // 64·2048 + 2048·8 parameters, their gradient and Adam's two moments: 2.4 MB.
+    let (full, _) = train("1", "device", "full.safetensors", "2048,8");
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success());
+    assert!(
+        stderr.contains("CUDA_ERROR_OUT_OF_MEMORY") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The SM count decides each product's plan (`GemmKernel::plan`): 10 SMs (a GTX 1060) and 132 (an H100)
 /// between them run all three, each checked against the CPU and seen in the driver's trace.
 #[test]
