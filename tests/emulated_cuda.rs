@@ -4,8 +4,8 @@
 //!
 //! A test whose body needs the emulated driver in-process runs in a child process (see
 //! tests/common/emulated.rs): `emulated_child` is true there, and false in the parent once the child passed.
-//! Streams run with `TIEDAE_EMU_INTERLEAVE=0` where the check depends on which stream runs first: the
-//! hazard checks themselves catch both orders (`an_unordered_copy_and_kernel_are_a_hazard_in_either_order`).
+//! Where a check could depend on which stream runs first, the test runs it under several seeds and shows
+//! that both orders came up and were caught (`an_unordered_copy_and_kernel_are_a_hazard_in_either_order`).
 
 mod common;
 
