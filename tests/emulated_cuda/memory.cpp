@@ -215,8 +215,15 @@ bool device_range_ok(uintptr_t addr, size_t n, std::string& why) {
 }
 
 void free_everything() {
+    // Freeing may evict older allocations from the map: collect first.
+    std::vector<uintptr_t> live;
     for (auto& [base, a] : device_allocs()) {
-        if (a.state != Allocation::Freed) free_device(&a, "the release of the primary context");
+        if (a.state != Allocation::Freed) live.push_back(base);
+    }
+    for (uintptr_t base : live) {
+        if (Allocation* a = find_device(base); a != nullptr && a->state != Allocation::Freed) {
+            free_device(a, "the release of the primary context");
+        }
     }
 }
 

@@ -281,10 +281,14 @@ void execute(const Op& op) {
             break;
         case OpKind::FreeAsync: {
             Allocation* a = find_device(op.dst);
-            if (a != nullptr && a->state != Allocation::Freed) {
-                std::string how = "cuMemFreeAsync on stream " + std::to_string(op.stream->id);
-                free_device(a, how.c_str());
+            if (a == nullptr || a->base != op.dst) break;  // evicted from the quarantine long ago
+            if (a->state == Allocation::Freed) {
+                fault(CUDA_ERROR_ILLEGAL_ADDRESS, "%s frees 0x%llx a second time (it was freed by %s)",
+                      describe(op).c_str(), (unsigned long long)op.dst, a->freed_by.c_str());
+                break;
             }
+            std::string how = "cuMemFreeAsync on stream " + std::to_string(op.stream->id);
+            free_device(a, how.c_str());
             break;
         }
     }
