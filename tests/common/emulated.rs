@@ -115,9 +115,12 @@ fn real_gpu() -> bool {
         .arg("info")
         .output()
         .is_ok_and(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.starts_with("cuda:0 ") && l.ends_with(": usable"))
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                // (An environment that already leads to the emulated driver is not a GPU.)
+                l.starts_with("cuda:0 ")
+                    && l.ends_with(": usable")
+                    && !l.contains("emulated CUDA device")
+            })
         })
 }
 
