@@ -56,8 +56,7 @@ impl Emulator {
             // Leaks: the Rust test harness and cudarc keep some memory to the end, by design.
             env.push((
                 "ASAN_OPTIONS".to_string(),
-                "detect_leaks=0:halt_on_error=1:abort_on_error=0:detect_odr_violation=0"
-                    .to_string(),
+                "detect_leaks=0:halt_on_error=1:abort_on_error=0".to_string(),
             ));
         }
         env
