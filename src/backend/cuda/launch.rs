@@ -1,8 +1,9 @@
 //! Every kernel's parameter list, in one table, checked twice without a GPU.
 //!
-//! cudarc passes a launch's arguments as bytes behind pointers: an argument of the wrong width (a `usize`
-//! where the kernel takes an `int`) or a missing one shifts every later parameter, and nothing says so until
-//! a GPU computes garbage. So each kernel here is a [`Kernel<P>`] whose tuple `P` is its parameter list:
+//! cudarc passes a launch's arguments as pointers to their bytes, and the driver reads as many bytes as the
+//! kernel's parameter has: an argument of the wrong width (a `u32` where the kernel takes a `u64`) is read
+//! with whatever lies past it, a missing one is read from memory that is not an argument, and nothing says
+//! so until a GPU computes garbage. So each kernel here is a [`Kernel<P>`] whose tuple `P` is its parameter list:
 //! - the compiler holds every launch in `cuda/` to its kernel's tuple (`Kernel::launch` takes a `P`);
 //! - [`kernel_signatures`] spells each tuple in PTX's terms, and the test
 //!   `kernel_parameters_match_the_ptx` (tests/gpu_kernels.rs) compares it with the `.entry` of the PTX that
