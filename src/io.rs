@@ -9,7 +9,10 @@
 //! kernel, in memory or on disk.
 //!
 //! Every file is written to a temporary file beside the target and renamed over it only once complete, so
-//! a failed run leaves an existing file exactly as it was.
+//! a failed run leaves an existing file exactly as it was (`files.rs`). Since format version 2 a file
+//! carries a checksum of its tensors and metadata (`checksum.rs`), checked whenever it is read: a flipped
+//! bit is an error naming the file. Files of version 1 and weights written elsewhere (Keras, numpy) have
+//! none; they still load, and the loader says so ([`Integrity::NoChecksum`]).
 
 use crate::activation::Activation;
 use crate::data::{ColumnSelector, Normalization, NormalizeKind};
@@ -19,11 +22,33 @@ use crate::optim::Optimizer;
 use crate::train::{Constraints, DataType, FitState, OptimizerState};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+pub mod checksum;
+mod files;
+mod header;
+
+pub use files::{folder_of, read_checked, remove_stale_temps, temp_path, write_atomic};
+pub use header::{check_header_fits, NamesSize};
+
 pub const FORMAT: &str = "tiedae";
-pub const FORMAT_VERSION: &str = "1";
+/// Version 2 added the checksum; version 1 files (without one) are still read.
+pub const FORMAT_VERSION: &str = "2";
+const FORMAT_VERSIONS_READ: [&str; 2] = ["1", "2"];
+
+/// The largest header safetensors writes or reads (its `MAX_HEADER_SIZE`).
+pub const MAX_HEADER_BYTES: u128 = 100_000_000;
+
+/// Whether a file read back was checked against its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// Its checksum matched its tensors and metadata.
+    Verified,
+    /// It has no checksum (a version 1 file, or weights from elsewhere): a damaged file cannot be told from
+    /// a good one, though its weights were still checked to be finite.
+    NoChecksum,
+}
 
 /// Everything a model file holds.
 #[derive(Debug, Clone)]
@@ -50,6 +75,26 @@ pub struct Checkpoint {
     pub optimizer_state: OptimizerState,
     /// (epoch, loss, val_loss) of every epoch so far, for plots that span resumed runs.
     pub history: Vec<(usize, f64, Option<f64>)>,
+    /// The data set the run trains on, so that a resumed run can tell another one (None in files written
+    /// before it was recorded).
+    pub data_identity: Option<DataIdentity>,
+}
+
+/// What identifies a data set: its rows and a fingerprint of its feature columns' names and values
+/// ([`checksum::data_fingerprint`]); the columns themselves are the model's feature names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataIdentity {
+    pub rows: usize,
+    pub fingerprint: String,
+}
+
+impl DataIdentity {
+    pub fn of(data: &crate::data::Dataset) -> DataIdentity {
+        DataIdentity {
+            rows: data.rows,
+            fingerprint: checksum::data_fingerprint(&data.feature_names, data.rows, &data.values),
+        }
+    }
 }
 
 /// The settings a resumed run takes from its checkpoint.
@@ -96,61 +141,8 @@ struct CheckpointMeta {
     best_loss: Option<f64>,
     best_epoch: usize,
     history: Vec<(usize, f64, Option<f64>)>,
-}
-
-/// Writes `path` atomically: `write` fills a temporary file in the same folder, which is renamed over `path`
-/// only when `write` succeeded. On any error the temporary file is removed and `path` is untouched.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
-) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::file(path, "is not a file name"))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
-        let mut out = std::io::BufWriter::new(file);
-        write(&mut out)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io(path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(path, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Fails early, before any work, when an output file `path` (given by `flag`) cannot be written: its folder
-/// must exist, and it must not be a folder itself.
-pub fn check_out_path(flag: &str, path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(Error::flag(
-            flag,
-            format!("folder '{}' does not exist", dir.display()),
-        ));
-    }
-    if path.is_dir() {
-        return Err(Error::flag(
-            flag,
-            format!("'{}' is a folder", path.display()),
-        ));
-    }
-    Ok(())
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_identity: Option<DataIdentity>,
 }
 
 /// safetensors stores little-endian: on a little-endian host that is the memory itself.
@@ -262,12 +254,24 @@ pub fn save_model(path: &Path, model: &ModelFile) -> Result<()> {
             best_loss: ck.state.best_loss.is_finite().then_some(ck.state.best_loss),
             best_epoch: ck.state.best_epoch,
             history: ck.history.clone(),
+            data_identity: ck.data_identity.clone(),
         };
         meta.insert(
             "checkpoint".to_string(),
             serde_json::to_string(&ck_meta).expect("checkpoint serializes"),
         );
     }
+    let mut refs: Vec<checksum::TensorRef<'_>> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| checksum::TensorRef {
+            name,
+            dtype: format!("{:?}", Dtype::F32),
+            shape,
+            data: bytes,
+        })
+        .collect();
+    let sum = checksum::model_checksum(&meta, &mut refs);
+    meta.insert(checksum::KEY.to_string(), sum);
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::file(path, format!("cannot serialize the model: {e}")))?;
     write_atomic(path, |w| {
@@ -282,13 +286,85 @@ fn join(xs: &[usize]) -> String {
         .join(",")
 }
 
+/// Reads a model file: the header length it announces is checked against safetensors's cap before the
+/// rest is read, and its size against the memory available.
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    let mut prefix = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // A file shorter than the prefix is the parser's to refuse.
+    if file.read_exact(&mut prefix).is_ok() {
+        let n = u64::from_le_bytes(prefix) as u128;
+        if n > MAX_HEADER_BYTES {
+            return Err(Error::file(
+                path,
+                format!(
+                    "not a safetensors model file (its header would take {}; safetensors allows {})",
+                    crate::memory::format_bytes(n),
+                    crate::memory::format_bytes(MAX_HEADER_BYTES)
+                ),
+            ));
+        }
+    }
+    drop(file);
+    read_checked(path, "model file")
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
     SafeTensors::deserialize(bytes)
         .map_err(|e| Error::file(path, format!("not a safetensors model file ({e})")))
+}
+
+/// The metadata of a parsed file (empty when it has none).
+fn metadata_of(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors model file ({e})")))?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
+/// Checks a file's checksum: a tiedae file of version 2 or later must carry one that matches; a version 1
+/// file or weights from elsewhere have none.
+fn verify(path: &Path, st: &SafeTensors<'_>, meta: &HashMap<String, String>) -> Result<Integrity> {
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Ok(Integrity::NoChecksum);
+    }
+    let version = meta
+        .get("format_version")
+        .ok_or_else(|| Error::file(path, "model metadata lacks 'format_version'"))?;
+    if !FORMAT_VERSIONS_READ.contains(&version.as_str()) {
+        return Err(Error::file(
+            path,
+            format!(
+                "model format version {version} is not supported (this tiedae reads {})",
+                FORMAT_VERSIONS_READ.join(" and ")
+            ),
+        ));
+    }
+    if version == "1" {
+        return Ok(Integrity::NoChecksum);
+    }
+    let stored = meta.get(checksum::KEY).ok_or_else(|| {
+        Error::file(
+            path,
+            format!("is damaged: a model file of format version {version} carries a checksum, and this one has none"),
+        )
+    })?;
+    let tensors = st.tensors();
+    let mut refs: Vec<checksum::TensorRef<'_>> = tensors
+        .iter()
+        .map(|(name, view)| checksum::TensorRef {
+            name,
+            dtype: format!("{:?}", view.dtype()),
+            shape: view.shape(),
+            data: view.data(),
+        })
+        .collect();
+    if checksum::model_checksum(meta, &mut refs) != *stored {
+        return Err(Error::file(
+            path,
+            "is damaged: its checksum does not match its tensors and metadata (the file changed after it was written); restore a copy or train again",
+        ));
+    }
+    Ok(Integrity::Verified)
 }
 
 /// Reads tensor `name` as f32 with exactly `shape`, with a clear error otherwise.
@@ -327,9 +403,16 @@ fn tensor_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize]) ->
 /// Reads the weights of a model shaped like `spec` (for `--init`): every tensor named and shaped as the model
 /// needs, no more layers than it has, and no decoder kernel (a file with one was not tied).
 pub fn load_weights(path: &Path, spec: &ModelSpec) -> Result<Vec<f32>> {
+    load_weights_verified(path, spec).map(|(w, _)| w)
+}
+
+/// [`load_weights`], saying whether the file's checksum was checked (a tiedae file's is; weights written
+/// elsewhere have none).
+pub fn load_weights_verified(path: &Path, spec: &ModelSpec) -> Result<(Vec<f32>, Integrity)> {
     let bytes = read_file(path)?;
     let st = parse(path, &bytes)?;
-    weights_from(path, &st, spec)
+    let integrity = verify(path, &st, &metadata_of(path, &bytes)?)?;
+    Ok((weights_from(path, &st, spec)?, integrity))
 }
 
 fn weights_from(path: &Path, st: &SafeTensors<'_>, spec: &ModelSpec) -> Result<Vec<f32>> {
@@ -407,29 +490,25 @@ pub fn widths_in(path: &Path) -> Result<Vec<usize>> {
 
 /// Reads a model file written by `save_model`.
 pub fn load_model(path: &Path) -> Result<ModelFile> {
+    load_model_verified(path).map(|(m, _)| m)
+}
+
+/// [`load_model`], saying whether the file's checksum was checked (files of format version 1 have none).
+pub fn load_model_verified(path: &Path) -> Result<(ModelFile, Integrity)> {
     let bytes = read_file(path)?;
     let st = parse(path, &bytes)?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::file(path, format!("not a safetensors model file ({e})")))?;
-    let empty = HashMap::new();
-    let meta = header.metadata().as_ref().unwrap_or(&empty);
+    let meta = metadata_of(path, &bytes)?;
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(Error::file(
             path,
             "is a safetensors file but not a tiedae model (no 'format: tiedae' metadata); weights alone can be used with train --init",
         ));
     }
+    let integrity = verify(path, &st, &meta)?;
     let get = |key: &str| -> Result<&String> {
         meta.get(key)
             .ok_or_else(|| Error::file(path, format!("model metadata lacks '{key}'")))
     };
-    let version = get("format_version")?;
-    if version != FORMAT_VERSION {
-        return Err(Error::file(
-            path,
-            format!("model format version {version} is not supported (this tiedae reads {FORMAT_VERSION})"),
-        ));
-    }
     let bad = |key: &str, e: String| Error::file(path, format!("model metadata '{key}': {e}"));
     let widths = get("widths")?
         .split(',')
@@ -501,10 +580,11 @@ pub fn load_model(path: &Path) -> Result<ModelFile> {
                     buffers,
                 },
                 history: m.history,
+                data_identity: m.data_identity,
             })
         }
     };
-    Ok(ModelFile {
+    let model = ModelFile {
         spec,
         params,
         normalization,
@@ -512,5 +592,6 @@ pub fn load_model(path: &Path) -> Result<ModelFile> {
         ignore: ignore.iter().map(|s| ColumnSelector::parse(s)).collect(),
         training,
         checkpoint,
-    })
+    };
+    Ok((model, integrity))
 }

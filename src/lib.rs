@@ -18,6 +18,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod io;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod plot;

@@ -63,13 +63,21 @@ fn main() {
     }
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line. A cause whose text the message already holds is left out: the
+/// library's I/O errors name their OS error and also carry it as their source.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-        .replace('\n', " ")
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -22,15 +22,8 @@ fn register_font() {
 /// Draws the curves into `path` (PNG), written to a temporary file and renamed when complete.
 pub fn plot_losses(path: &Path, history: &History) -> Result<()> {
     register_font();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp.png", std::process::id()));
+    // The PNG encoder picks the format from the extension: the temporary file keeps `.png`.
+    let tmp = crate::io::temp_path(path, ".png")?;
     let result = draw(&tmp, history)
         .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if result.is_err() {

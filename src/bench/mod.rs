@@ -20,6 +20,7 @@
 use crate::activation::Activation;
 use crate::backend::{Backend, Gemm, Region, Trans};
 use crate::error::{Error, Result};
+use crate::memory::{self, Estimate, Need, TrainingShape};
 use crate::model::ModelSpec;
 use crate::optim::Optimizer;
 use crate::train::{DataOptions, DataSet, DataType, Network, Placement, Stop};
@@ -195,6 +196,47 @@ pub fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// What training workload `w` takes, refused (naming --layers, --batch-size or --rows) before anything is
+/// allocated when it does not fit: on a GPU against its free memory, else against the host's.
+fn check_workload_fits<B: Backend>(backend: &B, w: &Workload, data_on: Placement) -> Result<()> {
+    let mut estimate = memory::training_estimate(&TrainingShape {
+        widths: &w.widths,
+        state_buffers: w.optimizer.state_buffers(),
+        batch: w.batch_size,
+        rows: w.rows,
+        data_bytes: 4,
+        data_on_device: data_on != Placement::Host,
+        keeps_best: false,
+    });
+    for need in &mut estimate.device {
+        if need.flag == "--data-dtype" {
+            need.flag = "--rows";
+            need.advice = "use fewer --rows";
+        }
+    }
+    let values = (w.rows as u128).saturating_mul(w.widths[0] as u128);
+    let rows = |what| Need {
+        what,
+        bytes: values.saturating_mul(4),
+        flag: "--rows",
+        advice: "use fewer --rows",
+    };
+    estimate.host = vec![
+        rows("synthetic data"),
+        Need {
+            what: "initial weights",
+            bytes: memory::param_count(&w.widths).saturating_mul(4),
+            flag: "--layers",
+            advice: "use smaller --layers",
+        },
+    ];
+    if data_on == Placement::Host {
+        estimate.host.push(rows("data set kept on the host"));
+    }
+    let task = format!("the {} workload ({})", w.name, w.shape());
+    estimate.check(&task, backend.free_memory().map(|f| f as u64))
+}
+
 /// Uniform [0, 1) data, (rows, cols), the same for every device and run.
 pub fn synthetic_data(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -215,6 +257,7 @@ pub fn measure_workload<B: Backend>(
 ) -> Result<Measurement> {
     let mut device_name = backend.name();
     let spec = w.spec()?;
+    check_workload_fits(&backend, w, data_on)?;
     let params = spec.glorot_init(42);
     let mut net = Network::new(backend, &spec, &params, w.batch_size, Some(w.optimizer))?;
     if graphs {
@@ -356,6 +399,21 @@ pub fn measure_gemm<B: Backend>(
     min_calls: usize,
 ) -> Result<GemmMeasurement> {
     let GemmShape { m, n, k, .. } = shape;
+    let (m_, n_, k_) = (m as u128, n as u128, k as u128);
+    let gemm = |what, bytes: u128| Need {
+        what,
+        bytes,
+        flag: "--gemm",
+        advice: "time a smaller --gemm",
+    };
+    Estimate {
+        device: vec![gemm("A, B and C", 4 * (m_ * k_ + k_ * n_ + m_ * n_))],
+        host: vec![gemm("synthetic operands", 8 * m_.max(n_) * k_)],
+    }
+    .check(
+        &format!("timing {}", shape.label()),
+        backend.free_memory().map(|f| f as u64),
+    )?;
     let a = Region::whole(backend.alloc(m * k)?, m * k);
     let b = Region::whole(backend.alloc(k * n)?, k * n);
     let c = Region::whole(backend.alloc(m * n)?, m * n);
@@ -400,6 +458,8 @@ pub fn measure_step_gemms<B: Backend>(
     min_seconds: f64,
     min_steps: usize,
 ) -> Result<(String, Vec<f64>)> {
+    // A step's products take about what its training takes on the device.
+    check_workload_fits(&backend, w, Placement::Device)?;
     let gemms = w.step_gemms()?;
     let mut operands = Vec::new();
     for g in &gemms {

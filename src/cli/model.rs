@@ -6,6 +6,7 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use tiedae::io;
 use tiedae::workflow::infer::{self, ModelRequest};
+use tiedae::workflow::paths;
 use tiedae::workflow::DeviceChoice;
 
 #[derive(Args)]
@@ -27,7 +28,8 @@ pub struct EncodeArgs {
     model: PathBuf,
     #[arg(long)]
     data: PathBuf,
-    /// Output CSV: the ignored columns (Id, label…) as they were, then code_0 … code_{k-1}.
+    /// Output CSV: the columns other than the model's features (Id, label…) as they were, then code_0 …
+    /// code_{k-1}; `-` for standard output.
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value = "auto")]
@@ -40,7 +42,8 @@ pub struct ReconstructArgs {
     model: PathBuf,
     #[arg(long)]
     data: PathBuf,
-    /// Output CSV: the ignored columns as they were, then the reconstructed features.
+    /// Output CSV: the columns other than the model's features as they were, then the reconstructed
+    /// features; `-` for standard output.
     #[arg(long)]
     out: PathBuf,
     /// Add each row's reconstruction error (MSE in the model's normalized units) and its row number, and
@@ -51,6 +54,30 @@ pub struct ReconstructArgs {
     device: DeviceChoice,
 }
 
+/// Notes go to stderr: stdout may carry JSON or CSV.
+fn notes(notes: &[String]) {
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+}
+
+/// The closing line: on stdout, unless stdout carries the CSV.
+fn say(out: &Path, line: &str) {
+    if paths::is_stdout(out) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+fn shown(out: &Path) -> String {
+    if paths::is_stdout(out) {
+        "standard output".to_string()
+    } else {
+        out.display().to_string()
+    }
+}
+
 pub fn eval(a: EvalArgs) -> Result<()> {
     let request = ModelRequest {
         model: a.model,
@@ -58,6 +85,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         device: a.device,
     };
     let result = infer::eval(&request)?;
+    notes(&result.notes);
     if a.json {
         let obj = serde_json::json!({
             "mse": result.mse,
@@ -83,8 +111,17 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
         data: a.data,
         device: a.device,
     };
-    let (rows, k) = infer::encode(&request, &a.out)?;
-    println!("{rows} codes of width {k} written to {}", a.out.display());
+    let w = infer::encode(&request, &a.out)?;
+    notes(&w.notes);
+    say(
+        &a.out,
+        &format!(
+            "{} codes of width {} written to {}",
+            w.rows,
+            w.width,
+            shown(&a.out)
+        ),
+    );
     Ok(())
 }
 
@@ -94,21 +131,34 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
         data: a.data,
         device: a.device,
     };
-    let (rows, mse) = infer::reconstruct(&request, &a.out, a.per_row_error)?;
-    println!(
-        "{rows} reconstructions written to {} (mse {mse:.6}{})",
-        a.out.display(),
-        if a.per_row_error {
-            ", rows ranked by error, worst first"
-        } else {
-            ""
-        }
+    let w = infer::reconstruct(&request, &a.out, a.per_row_error)?;
+    notes(&w.notes);
+    say(
+        &a.out,
+        &format!(
+            "{} reconstructions written to {} (mse {:.6}{})",
+            w.rows,
+            shown(&a.out),
+            w.mse,
+            if a.per_row_error {
+                ", rows ranked by error, worst first"
+            } else {
+                ""
+            }
+        ),
     );
     Ok(())
 }
 
 pub fn summary(path: &Path) -> Result<()> {
-    let model = io::load_model(path)?;
+    paths::check_input("--model", path)?;
+    let (model, integrity) = io::load_model_verified(path)?;
+    if integrity == io::Integrity::NoChecksum {
+        notes(&[format!(
+            "{} has no checksum (written by an older tiedae): a damaged file cannot be told from a good one",
+            path.display()
+        )]);
+    }
     let spec = &model.spec;
     let depth = spec.depth();
     println!("Model: tied autoencoder ({})", path.display());

@@ -11,8 +11,8 @@ use tiedae::data::{parse_selectors, NormalizeKind};
 use tiedae::optim::Optimizer;
 use tiedae::train::{Constraints, DataType, EpochReport, FitEnd, Placement, GRAPH_STEPS};
 use tiedae::workflow::train::{
-    train as train_run, NewRun, Notice, ResumeRun, RunSource, TrainObserver, TrainPlan,
-    TrainRequest,
+    train as train_run, GivenSettings, NewRun, Notice, ResumeRun, RunSource, TrainObserver,
+    TrainPlan, TrainRequest,
 };
 use tiedae::workflow::DeviceChoice;
 
@@ -26,38 +26,44 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
     /// Continue a run from the model file it wrote, to --epochs epochs in all; its settings (model,
-    /// optimizer, batch size, seed, validation split, constraints) come from the file.
+    /// optimizer, batch size, seed, validation split, constraints) come from the file, and one given again
+    /// with another value is an error. The data must be the data set the run started on (checked).
     #[arg(long, conflicts_with = "init")]
     resume: Option<PathBuf>,
-    /// Widths of the encoder's layers after the input, the last being the code size: e.g. 32,8.
-    #[arg(long, default_value = "32,8")]
-    layers: String,
-    /// Activation of every hidden layer (encoder and decoder): linear|relu|tanh|sigmoid.
-    #[arg(long, default_value = "relu")]
-    activation: Activation,
-    /// Activation of the encoder's last layer (the code).
-    #[arg(long, default_value = "linear")]
-    code_activation: Activation,
-    /// Activation of the decoder's last layer (the reconstruction).
-    #[arg(long, default_value = "linear")]
-    output_activation: Activation,
-    /// sgd|adam.
-    #[arg(long, default_value = "adam")]
-    optimizer: String,
+    /// With --resume: continue on a data set other than the one the run started on (same columns).
+    #[arg(long, requires = "resume")]
+    resume_with_other_data: bool,
+    /// Widths of the encoder's layers after the input, the last being the code size (default 32,8).
+    #[arg(long)]
+    layers: Option<String>,
+    /// Activation of every hidden layer (encoder and decoder): linear|relu|tanh|sigmoid (default relu).
+    #[arg(long)]
+    activation: Option<Activation>,
+    /// Activation of the encoder's last layer, the code (default linear).
+    #[arg(long)]
+    code_activation: Option<Activation>,
+    /// Activation of the decoder's last layer, the reconstruction (default linear).
+    #[arg(long)]
+    output_activation: Option<Activation>,
+    /// sgd|adam (default adam).
+    #[arg(long)]
+    optimizer: Option<String>,
     /// Learning rate (default 0.01 for sgd, 0.001 for adam, as in Keras).
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
-    /// SGD momentum: v = momentum·v − lr·g; w += v.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    momentum: f32,
-    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
-    batch_size: i64,
+    /// SGD momentum: v = momentum·v − lr·g; w += v (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f32>,
+    /// Rows per step (default 32).
+    #[arg(long, allow_negative_numbers = true)]
+    batch_size: Option<i64>,
     /// Epochs in all (with --resume: including those already done).
     #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     epochs: i64,
-    /// Seed for the initial weights, the validation split and the shuffling: runs are reproducible.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    /// Seed for the initial weights, the validation split and the shuffling: runs are reproducible
+    /// (default 42).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Batches in file order (no shuffling).
     #[arg(long)]
     no_shuffle: bool,
@@ -67,9 +73,10 @@ pub struct TrainArgs {
     /// Columns to leave out, by name or 0-based index: e.g. Id,Cover_Type.
     #[arg(long)]
     ignore_columns: Option<String>,
-    /// none|standard|minmax; the statistics are stored in the model and applied again by eval and encode.
-    #[arg(long, default_value = "none")]
-    normalize: NormalizeKind,
+    /// none|standard|minmax; the statistics are stored in the model and applied again by eval and encode
+    /// (default none).
+    #[arg(long)]
+    normalize: Option<NormalizeKind>,
     /// Hold out this fraction of the rows (seeded) and report the validation loss every epoch.
     #[arg(long, allow_negative_numbers = true)]
     val_split: Option<f64>,
@@ -77,22 +84,22 @@ pub struct TrainArgs {
     /// epochs, and keep the best epoch's weights.
     #[arg(long, allow_negative_numbers = true)]
     patience: Option<i64>,
-    /// Add λ·‖WᵀW − I‖_F per kernel (orthogonal kernel columns, as PCA's).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    orthogonality: f32,
-    /// Add λ·Σ_{i≠j} Cov(codes)_ij² over each batch (uncorrelated codes, as PCA's).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    uncorrelated: f32,
+    /// Add λ·‖WᵀW − I‖_F per kernel (orthogonal kernel columns, as PCA's; default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    orthogonality: Option<f32>,
+    /// Add λ·Σ_{i≠j} Cov(codes)_ij² over each batch (uncorrelated codes, as PCA's; default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    uncorrelated: Option<f32>,
     /// Project every kernel column to norm 1 after each step.
     #[arg(long)]
     unit_norm: bool,
     /// Append one JSON line per epoch: epoch, loss, val_loss, seconds, samples_per_s.
     #[arg(long)]
     metrics: Option<PathBuf>,
-    /// Keep the data set on the device as f32, or as f16/bf16 (half the memory; each batch is converted to
-    /// f32 as it is gathered).
-    #[arg(long, default_value = "f32")]
-    data_dtype: DataType,
+    /// Keep the data set on the device as f32 (the default), or as f16/bf16 (half the memory; each batch
+    /// is converted to f32 as it is gathered).
+    #[arg(long)]
+    data_dtype: Option<DataType>,
     /// Draw the loss curves to this PNG at the end (and when stopped).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -111,46 +118,74 @@ pub struct TrainArgs {
 }
 
 /// The request the flags make. The flags of a new run are checked here in the order they always were; the
-/// library checks the rest.
+/// library checks the rest. A resumed run passes on the flags given, which the library checks against the
+/// checkpoint.
 fn request(a: TrainArgs) -> Result<TrainRequest> {
     let epochs = positive("--epochs", a.epochs)?;
+    let batch_size = a
+        .batch_size
+        .map(|b| positive("--batch-size", b))
+        .transpose()?;
+    let patience = a.patience.map(|p| positive("--patience", p)).transpose()?;
+    let layers = a.layers.as_deref().map(parse_layers).transpose()?;
+    let ignore = a.ignore_columns.as_deref().map(parse_selectors);
     let run = match a.resume {
-        Some(from) => RunSource::Resume(ResumeRun {
+        Some(from) => RunSource::Resume(Box::new(ResumeRun {
             from,
             data: a.data,
             out: a.out,
-        }),
-        None => {
-            let batch_size = positive("--batch-size", a.batch_size)?;
-            let optimizer = Optimizer::from_flags(&a.optimizer, a.lr, a.momentum)?;
-            let layers = parse_layers(&a.layers)?;
-            let patience = a.patience.map(|p| positive("--patience", p)).transpose()?;
-            RunSource::New(Box::new(NewRun {
-                data: a.data.expect("clap requires --data without --resume"),
-                out: a.out.expect("clap requires --out without --resume"),
-                ignore: a
-                    .ignore_columns
-                    .as_deref()
-                    .map(parse_selectors)
-                    .unwrap_or_default(),
-                normalize: a.normalize,
+            given: GivenSettings {
                 layers,
                 activation: a.activation,
                 code_activation: a.code_activation,
                 output_activation: a.output_activation,
-                optimizer,
+                optimizer: a.optimizer,
+                lr: a.lr,
+                momentum: a.momentum,
                 batch_size,
                 seed: a.seed,
+                shuffle: a.no_shuffle.then_some(false),
+                ignore,
+                normalize: a.normalize,
+                val_split: a.val_split,
+                patience,
+                orthogonality: a.orthogonality,
+                uncorrelated: a.uncorrelated,
+                unit_norm: a.unit_norm.then_some(true),
+                data_dtype: a.data_dtype,
+            },
+            other_data: a.resume_with_other_data,
+        })),
+        None => {
+            let batch_size = batch_size.unwrap_or(32);
+            let optimizer = Optimizer::from_flags(
+                a.optimizer.as_deref().unwrap_or("adam"),
+                a.lr,
+                a.momentum.unwrap_or(0.0),
+            )?;
+            let layers = layers.unwrap_or_else(|| vec![32, 8]);
+            RunSource::New(Box::new(NewRun {
+                data: a.data.expect("clap requires --data without --resume"),
+                out: a.out.expect("clap requires --out without --resume"),
+                ignore: ignore.unwrap_or_default(),
+                normalize: a.normalize.unwrap_or(NormalizeKind::None),
+                layers,
+                activation: a.activation.unwrap_or(Activation::Relu),
+                code_activation: a.code_activation.unwrap_or(Activation::Linear),
+                output_activation: a.output_activation.unwrap_or(Activation::Linear),
+                optimizer,
+                batch_size,
+                seed: a.seed.unwrap_or(42),
                 shuffle: !a.no_shuffle,
                 init: a.init,
                 val_split: a.val_split,
                 patience,
                 constraints: Constraints {
-                    orthogonality: a.orthogonality,
-                    uncorrelated: a.uncorrelated,
+                    orthogonality: a.orthogonality.unwrap_or(0.0),
+                    uncorrelated: a.uncorrelated.unwrap_or(0.0),
                     unit_norm: a.unit_norm,
                 },
-                data_dtype: a.data_dtype,
+                data_dtype: a.data_dtype.unwrap_or(DataType::F32),
             }))
         }
     };
@@ -278,6 +313,22 @@ impl TrainObserver for Printer {
             }
             Notice::GraphFailures { count, first } => format!(
                 "note: {count} CUDA graph recordings failed and their steps ran kernel by kernel; the first: {first}"
+            ),
+            Notice::NoChecksum { flag, path } => format!(
+                "note: {flag} {} has no checksum (weights written elsewhere, or by an older tiedae): it is used as it is, unchecked",
+                path.display()
+            ),
+            Notice::DataUnrecorded { from } => format!(
+                "note: {} does not record its data set (written by an older tiedae): the data cannot be checked against it",
+                from.display()
+            ),
+            Notice::OtherData { data, from } => format!(
+                "note: {} is not the data set {} started on; continuing on it (--resume-with-other-data)",
+                data.display(),
+                from.display()
+            ),
+            Notice::StaleTempsRemoved { count } => format!(
+                "note: removed {count} temporary file(s) a killed run left beside the outputs"
             ),
         };
         self.say(&text);

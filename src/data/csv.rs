@@ -1,12 +1,17 @@
-//! Reading a CSV data set into a row-major `f32` matrix, with the columns to leave out.
+//! Reading a CSV data set into a row-major `f32` matrix, with the columns to leave out, or with the
+//! columns a trained model takes, found by name.
 //!
 //! Every problem in a file is reported as one line naming the file, the physical 1-based line (the header
-//! counted) and the 1-based column, with the column's name when the file has a header.
+//! counted) and the 1-based column, with the column's name when the file has a header. Sizes come from the
+//! file, so they are checked before buffers grow: the rows the file's size suggests against the memory
+//! available, every growth with `try_reserve`, and no line longer than memory can hold.
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::memory;
 
 const IGNORE_FLAG: &str = "--ignore-columns";
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -258,29 +263,263 @@ fn resolve_ignored(
     Ok(ignored)
 }
 
+/// How a file's columns become the features of a data set.
+#[derive(Debug, Clone, Copy)]
+enum Columns<'a> {
+    /// Every column is a feature, in file order, except those the selectors leave out (training).
+    Ignoring(&'a [ColumnSelector]),
+    /// The features a trained model takes, in its order ([`load_csv_for_model`]).
+    Model {
+        features: &'a [String],
+        ignore: &'a [ColumnSelector],
+    },
+}
+
+/// What one column of the file is: feature `k` of a row, or a column kept as text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Slot {
+    Feature(usize),
+    Ignored,
+}
+
 /// Reads a CSV file: an optional header (detected: any non-numeric cell in the first record), every other
 /// column a finite number except those `ignore` leaves out, whose raw text is kept.
 pub fn load_csv(path: &Path, ignore: &[ColumnSelector]) -> Result<Dataset> {
+    read_csv(path, Columns::Ignoring(ignore))
+}
+
+/// Reads a CSV file for a trained model whose inputs are `features` (its `feature_names`) and which was
+/// trained leaving out `ignore`.
+///
+/// With a header, each feature is found by its name, wherever the file has it (a name the model has twice is
+/// matched occurrence by occurrence); a feature the file lacks is an error naming it; every other column is
+/// carried along as an ignored one (an Id, a label, which a test set may also lack). Without a header,
+/// columns are taken by position, as in training: `ignore` leaves out the same columns, unless the file has
+/// exactly the model's width (the ignored columns already left out).
+pub fn load_csv_for_model(
+    path: &Path,
+    features: &[String],
+    ignore: &[ColumnSelector],
+) -> Result<Dataset> {
+    read_csv(path, Columns::Model { features, ignore })
+}
+
+/// The slot of every file column under a header, matching a model's features by name.
+fn slots_by_name(path: &Path, header: &[String], features: &[String]) -> Result<Vec<Slot>> {
+    let mut slots = vec![Slot::Ignored; header.len()];
+    for (k, name) in features.iter().enumerate() {
+        // The model's n-th feature of this name is the file's n-th column of this name.
+        let nth = features[..k].iter().filter(|f| *f == name).count();
+        let found = header
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| *h == name)
+            .nth(nth)
+            .map(|(j, _)| j);
+        let Some(j) = found else {
+            let unknown: Vec<String> = header
+                .iter()
+                .filter(|h| !features.contains(h))
+                .cloned()
+                .collect();
+            let synthetic = features.iter().enumerate().all(|(i, f)| {
+                f.strip_prefix("col")
+                    .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n >= i))
+            });
+            let hint = if synthetic {
+                "; the model was trained on a file without a header row, so give this data without one (its columns are then taken by position)".to_string()
+            } else if unknown.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; columns the model does not take: {}",
+                    column_list(&unknown)
+                )
+            };
+            return Err(Error::file(
+                path,
+                format!(
+                    "has no column '{}', which the model takes (feature {} of {}){hint}",
+                    show(name),
+                    k + 1,
+                    features.len()
+                ),
+            ));
+        };
+        slots[j] = Slot::Feature(k);
+    }
+    Ok(slots)
+}
+
+/// The slot of every file column from ignore selectors: the others are features in file order.
+fn slots_ignoring(
+    path: &Path,
+    ignore: &[ColumnSelector],
+    header: Option<&[String]>,
+    ncols: usize,
+) -> Result<Vec<Slot>> {
+    let ignored = resolve_ignored(path, ignore, header, ncols)?;
+    let mut k = 0;
+    Ok(ignored
+        .iter()
+        .map(|&ig| {
+            if ig {
+                Slot::Ignored
+            } else {
+                k += 1;
+                Slot::Feature(k - 1)
+            }
+        })
+        .collect())
+}
+
+/// A reader that fails once a line grows past `cap` bytes: the CSV reader holds a whole record in memory,
+/// and a file with no line break (a binary file, a file of zeros) would grow that record until an
+/// allocation failed.
+struct LineCap<R> {
+    inner: R,
+    cap: u64,
+    run: u64,
+    line: u64,
+}
+
+impl<R: Read> Read for LineCap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.run = 0;
+                self.line += 1;
+            } else {
+                self.run += 1;
+                if self.run > self.cap {
+                    return Err(std::io::Error::other(format!(
+                        "line {} is longer than {}, more than a row can take in the memory available",
+                        self.line,
+                        memory::format_bytes(self.cap as u128)
+                    )));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Room for `additional` more values, refused with a message naming the line when the memory available
+/// (`budget` bytes for the whole set) or the allocator says no.
+fn reserve<T>(
+    v: &mut Vec<T>,
+    additional: usize,
+    budget: u128,
+    other_bytes: u128,
+    at: &dyn Fn(String) -> Error,
+) -> Result<()> {
+    if v.capacity() - v.len() >= additional {
+        return Ok(());
+    }
+    let item = std::mem::size_of::<T>() as u128;
+    let wanted = (v.capacity().max(additional) as u128 + v.len() as u128) * item + other_bytes;
+    if wanted > budget {
+        return Err(at(format!(
+            "the data set no longer fits in memory: {} read so far, {} available",
+            memory::format_bytes(v.len() as u128 * item + other_bytes),
+            memory::format_bytes(budget)
+        )));
+    }
+    v.try_reserve(v.capacity().max(additional))
+        .or_else(|_| v.try_reserve(additional))
+        .map_err(|e| at(format!("the data set no longer fits in memory ({e})")))
+}
+
+type Reader = csv::Reader<LineCap<std::io::BufReader<std::fs::File>>>;
+
+/// A CSV reader of `path` (no line longer than a quarter of the memory available), and the file's size.
+fn open(path: &Path) -> Result<(Reader, u64)> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = csv::ReaderBuilder::new()
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let cap = memory::host_available().map_or(u64::MAX, |a| (a / 4).min(u64::MAX as u128) as u64);
+    let reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(std::io::BufReader::new(file));
+        .from_reader(LineCap {
+            inner: std::io::BufReader::new(file),
+            cap,
+            run: 0,
+            line: 1,
+        });
+    Ok((reader, file_len))
+}
 
-    let mut rec = csv::ByteRecord::new();
-    // The first record that is not blank.
-    let first_pos = loop {
+/// Reads the first record that is not blank into `rec`; returns its position.
+fn first_record(
+    path: &Path,
+    reader: &mut Reader,
+    rec: &mut csv::ByteRecord,
+) -> Result<Option<csv::Position>> {
+    loop {
         if !reader
-            .read_byte_record(&mut rec)
+            .read_byte_record(rec)
             .map_err(|e| csv_error(path, e))?
         {
             return Err(Error::file(path, "empty file: no rows"));
         }
-        if !is_blank(&rec) {
-            break rec.position().cloned();
+        if !is_blank(rec) {
+            return Ok(rec.position().cloned());
         }
+    }
+}
+
+/// The name of every column of a file, as [`load_csv`] names them (the header's cells, or `col{i}`
+/// without a header), passed to `each` one at a time from the first record alone: a file's width can be
+/// judged before its data is read. Returns the number of columns.
+pub fn column_names(path: &Path, each: &mut dyn FnMut(&str)) -> Result<usize> {
+    let (mut reader, _) = open(path)?;
+    let mut rec = csv::ByteRecord::new();
+    first_record(path, &mut reader, &mut rec)?;
+    let cell = |j: usize, field: &[u8]| -> Result<String> {
+        let bytes = if j == 0 {
+            field.strip_prefix(UTF8_BOM).unwrap_or(field)
+        } else {
+            field
+        };
+        std::str::from_utf8(bytes)
+            .map(|s| s.trim().to_string())
+            .map_err(|_| Error::DataAt {
+                path: path.to_path_buf(),
+                line: record_line(path, rec.position()),
+                column: j + 1,
+                name: None,
+                msg: "not valid UTF-8".to_string(),
+            })
     };
+    let mut has_header = false;
+    for (j, field) in rec.iter().enumerate() {
+        if cell(j, field)?.parse::<f32>().is_err() {
+            has_header = true;
+            break;
+        }
+    }
+    let mut name = String::new();
+    for (j, field) in rec.iter().enumerate() {
+        if has_header {
+            each(&cell(j, field)?);
+        } else {
+            use std::fmt::Write;
+            name.clear();
+            let _ = write!(name, "col{j}");
+            each(&name);
+        }
+    }
+    Ok(rec.len())
+}
+
+fn read_csv(path: &Path, columns: Columns<'_>) -> Result<Dataset> {
+    let (mut reader, file_len) = open(path)?;
+    let budget = memory::host_available().unwrap_or(isize::MAX as u128);
+    let mut rec = csv::ByteRecord::new();
+    let first_pos = first_record(path, &mut reader, &mut rec)?;
     let first = record_strings(path, &rec, true, None)?;
+    let first_bytes = rec.as_slice().len() as u64 + rec.len() as u64;
     let ncols = first.len();
     let has_header = first.iter().any(|c| c.trim().parse::<f32>().is_err());
     let header: Option<Vec<String>> =
@@ -290,23 +529,46 @@ pub fn load_csv(path: &Path, ignore: &[ColumnSelector]) -> Result<Dataset> {
         None => (0..ncols).map(|i| format!("col{i}")).collect(),
     };
 
-    let ignored = resolve_ignored(path, ignore, header.as_deref(), ncols)?;
-    let feature_names: Vec<String> = names
-        .iter()
-        .zip(&ignored)
-        .filter(|(_, &ig)| !ig)
-        .map(|(n, _)| n.clone())
-        .collect();
-    let ignored_names: Vec<String> = names
-        .iter()
-        .zip(&ignored)
-        .filter(|(_, &ig)| ig)
-        .map(|(n, _)| n.clone())
-        .collect();
-    if feature_names.is_empty() {
+    let slots = match (columns, header.as_deref()) {
+        (Columns::Ignoring(ignore), h) => slots_ignoring(path, ignore, h, ncols)?,
+        (Columns::Model { features, .. }, Some(h)) => slots_by_name(path, h, features)?,
+        // A headerless file of exactly the model's width holds the features alone.
+        (Columns::Model { features, .. }, None) if ncols == features.len() => {
+            (0..ncols).map(Slot::Feature).collect()
+        }
+        (Columns::Model { features, ignore }, None) => {
+            let slots = slots_ignoring(path, ignore, None, ncols)?;
+            let cols = slots.iter().filter(|s| **s != Slot::Ignored).count();
+            if cols != features.len() {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "has {cols} feature columns after ignoring [{}], but the model takes {}",
+                        ignore
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        features.len()
+                    ),
+                ));
+            }
+            slots
+        }
+    };
+    let cols = slots.iter().filter(|s| **s != Slot::Ignored).count();
+    if cols == 0 {
         return Err(Error::flag(IGNORE_FLAG, "leaves no feature columns"));
     }
-    let cols = feature_names.len();
+    let mut feature_names = vec![String::new(); cols];
+    let mut ignored_names = Vec::new();
+    for (slot, name) in slots.iter().zip(&names) {
+        match slot {
+            Slot::Feature(k) => feature_names[*k] = name.clone(),
+            Slot::Ignored => ignored_names.push(name.clone()),
+        }
+    }
+    let n_ignored = ignored_names.len();
 
     let mut ds = Dataset {
         path: path.to_path_buf(),
@@ -321,40 +583,90 @@ pub fn load_csv(path: &Path, ignore: &[ColumnSelector]) -> Result<Dataset> {
 
     let hdr = header.as_deref();
     let col_name = |j: usize| hdr.and_then(|h| h.get(j)).map(|n| show(n));
-    let push_row =
-        |ds: &mut Dataset, cells: &[String], pos: Option<&csv::Position>| -> Result<()> {
-            for (j, (cell, &ig)) in cells.iter().zip(&ignored).enumerate() {
-                if ig {
-                    ds.ignored_values.push(cell.clone());
-                    continue;
-                }
-                let t = cell.trim();
-                let msg = if t.is_empty() {
-                    "empty cell".to_string()
-                } else {
-                    match t.parse::<f32>() {
-                        Ok(v) if v.is_finite() => {
-                            ds.values.push(v);
-                            continue;
-                        }
-                        Ok(_) => format!("not a finite number: '{}'", show(t)),
-                        Err(_) => format!("expected a number, found '{}'", show(t)),
-                    }
-                };
-                return Err(Error::DataAt {
+    let mut row = vec![0.0f32; cols];
+    // Bytes of the ignored cells kept so far (their text and their `String`s).
+    let mut text_bytes: u128 = 0;
+    let mut push_row = |ds: &mut Dataset,
+                        cells: &[String],
+                        pos: Option<&csv::Position>,
+                        consumed: u64|
+     -> Result<()> {
+        let line = || record_line(path, pos);
+        if ds.rows == 0 {
+            // The first data row tells how many rows the file's size allows for: refuse a set that cannot fit
+            // before reading it.
+            let row_bytes = (cells.iter().map(|c| c.len() as u64 + 1).sum::<u64>()).max(1);
+            let rows = 1 + file_len.saturating_sub(consumed) as u128 / row_bytes as u128;
+            let text: u128 = slots
+                .iter()
+                .zip(cells)
+                .filter(|(s, _)| **s == Slot::Ignored)
+                .map(|(_, c)| (std::mem::size_of::<String>() + c.len()) as u128)
+                .sum();
+            let need = rows.saturating_mul(cols as u128 * 4 + text);
+            if need > budget {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "about {rows} rows of {ncols} columns (estimated from its size, {}, and its first row) would take {} in memory, but {} is available; use a smaller file",
+                        memory::format_bytes(file_len as u128),
+                        memory::format_bytes(need),
+                        memory::format_bytes(budget)
+                    ),
+                ));
+            }
+        }
+        for (j, (cell, &slot)) in cells.iter().zip(&slots).enumerate() {
+            let Slot::Feature(k) = slot else {
+                text_bytes += (std::mem::size_of::<String>() + cell.len()) as u128;
+                let at = |msg| Error::DataAt {
                     path: path.to_path_buf(),
-                    line: record_line(path, pos),
+                    line: line(),
                     column: j + 1,
                     name: col_name(j),
                     msg,
-                });
-            }
-            ds.rows += 1;
-            Ok(())
+                };
+                let other = ds.values.capacity() as u128 * 4 + text_bytes;
+                reserve(&mut ds.ignored_values, n_ignored, budget, other, &at)?;
+                ds.ignored_values.push(cell.clone());
+                continue;
+            };
+            let t = cell.trim();
+            let msg = if t.is_empty() {
+                "empty cell".to_string()
+            } else {
+                match t.parse::<f32>() {
+                    Ok(v) if v.is_finite() => {
+                        row[k] = v;
+                        continue;
+                    }
+                    Ok(_) => format!("not a finite number: '{}'", show(t)),
+                    Err(_) => format!("expected a number, found '{}'", show(t)),
+                }
+            };
+            return Err(Error::DataAt {
+                path: path.to_path_buf(),
+                line: line(),
+                column: j + 1,
+                name: col_name(j),
+                msg,
+            });
+        }
+        let at = |msg| Error::DataAt {
+            path: path.to_path_buf(),
+            line: line(),
+            column: 1,
+            name: None,
+            msg,
         };
+        reserve(&mut ds.values, cols, budget, text_bytes, &at)?;
+        ds.values.extend_from_slice(&row);
+        ds.rows += 1;
+        Ok(())
+    };
 
     if !has_header {
-        push_row(&mut ds, &first, first_pos.as_ref())?;
+        push_row(&mut ds, &first, first_pos.as_ref(), first_bytes)?;
     }
     while reader
         .read_byte_record(&mut rec)
@@ -374,11 +686,50 @@ pub fn load_csv(path: &Path, ignore: &[ColumnSelector]) -> Result<Dataset> {
             });
         }
         let cells = record_strings(path, &rec, false, hdr)?;
-        push_row(&mut ds, &cells, rec.position())?;
+        let consumed = reader.position().byte();
+        push_row(&mut ds, &cells, rec.position(), consumed)?;
     }
 
     if ds.rows == 0 {
         return Err(Error::file(path, "no data rows after the header"));
     }
     Ok(ds)
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_an_error_not_an_allocation() {
+        let mut text = b"a,b\n1,2\n".to_vec();
+        text.extend(std::iter::repeat_n(b'7', 1000));
+        let mut r = LineCap {
+            inner: &text[..],
+            cap: 100,
+            run: 0,
+            line: 1,
+        };
+        let mut out = Vec::new();
+        let e = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 3 is longer than 100 B, more than a row can take in the memory available"
+        );
+    }
+
+    #[test]
+    fn growth_past_the_budget_names_the_line() {
+        let mut v: Vec<f32> = Vec::new();
+        let at = |msg: String| Error::Caller(msg);
+        reserve(&mut v, 10, 1000, 0, &at).unwrap();
+        assert!(v.capacity() >= 10);
+        v.resize(v.capacity(), 0.0);
+        let e = reserve(&mut v, 500, 1000, 0, &at).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the data set no longer fits in memory"),
+            "{e}"
+        );
+    }
 }

@@ -6,5 +6,7 @@ mod normalize;
 #[cfg(test)]
 mod tests;
 
-pub use csv::{load_csv, parse_selectors, ColumnSelector, Dataset};
+pub use csv::{
+    column_names, load_csv, load_csv_for_model, parse_selectors, ColumnSelector, Dataset,
+};
 pub use normalize::{Normalization, NormalizeKind};

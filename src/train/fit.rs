@@ -227,6 +227,14 @@ impl<B: Backend> Network<B> {
             } else {
                 None
             };
+            // A loss is a number or an error: never an infinite or NaN value in a report or a file.
+            for (what, l) in [("loss", Some(run.loss)), ("validation loss", val_loss)] {
+                if let Some(l) = l.filter(|l| !l.is_finite()) {
+                    return Err(Error::Diverged(format!(
+                        "training diverged in epoch {epoch}: the {what} became {l}; lower --lr or normalize the data (--normalize standard)"
+                    )));
+                }
+            }
             let report = EpochReport {
                 epoch,
                 loss: run.loss,

@@ -1,14 +1,19 @@
 //! A trained model run forward over a data file: `eval` (the reconstruction MSE), `encode` (the code of every
 //! row, written to CSV beside the ignored columns) and `reconstruct` (every row rebuilt in the data's own
-//! units, optionally ranked by its error). The data file is read with the model's ignored columns and
-//! normalization; output files are written atomically.
+//! units, optionally ranked by its error). The data file's columns are matched to the model's by name
+//! ([`load_csv_for_model`]) and normalized as in training; every path is checked before any work
+//! (`paths.rs`); output files are written atomically, or to standard output for `-`. A result that is not a
+//! finite number (an MSE, a code, a reconstruction) is an error, never a value.
 
+use super::paths::{self, Claim, PathPlan};
 use super::{resolve_device, DeviceChoice};
 use crate::backend::{Backend, Real};
-use crate::data::{load_csv, Dataset};
+use crate::data::{load_csv_for_model, Dataset};
 use crate::error::{Error, Result};
-use crate::io::{self, ModelFile};
+use crate::io::{self, Integrity, ModelFile};
+use crate::memory::{self, Estimate};
 use crate::train::{DataOptions, DataSet, DataType, Network, Placement};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A model and a data file to run it on.
@@ -19,25 +24,10 @@ pub struct ModelRequest {
     pub device: DeviceChoice,
 }
 
-/// Loads a data set for a trained model: the same ignored columns, the same width, the same normalization.
+/// Loads a data set for a trained model: its features found by name (or by position in a file without a
+/// header), the model's normalization applied.
 pub fn load_for_model(path: &Path, model: &ModelFile) -> Result<Dataset> {
-    let mut data = load_csv(path, &model.ignore)?;
-    let d0 = model.spec.input_width();
-    if data.cols != d0 {
-        return Err(Error::file(
-            path,
-            format!(
-                "has {} feature columns after ignoring [{}], but the model takes {d0}",
-                data.cols,
-                model
-                    .ignore
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
+    let mut data = load_csv_for_model(path, &model.feature_names, &model.ignore)?;
     model.normalization.apply(&mut data);
     Ok(data)
 }
@@ -55,6 +45,13 @@ pub struct Evaluation {
 /// Batch size for inference: large enough to keep a GPU busy, small enough for any card.
 pub const EVAL_BATCH: usize = 4096;
 
+fn inference_need(model: &ModelFile, rows: usize, want_codes: bool, want_recon: bool) -> Estimate {
+    let keep = (want_codes as u128 * model.spec.code_width() as u128
+        + want_recon as u128 * model.spec.input_width() as u128)
+        * rows as u128;
+    memory::inference_estimate(&model.spec.widths, EVAL_BATCH.min(rows.max(1)), rows, keep)
+}
+
 /// Runs `model` forward over every row of `data` (already normalized) on `backend`.
 pub fn evaluate<B: Backend>(
     backend: B,
@@ -63,6 +60,14 @@ pub fn evaluate<B: Backend>(
     want_codes: bool,
     want_recon: bool,
 ) -> Result<Evaluation> {
+    if let Some(free) = backend.free_memory() {
+        let need = inference_need(model, data.rows, want_codes, want_recon);
+        Estimate {
+            host: Vec::new(),
+            device: need.device,
+        }
+        .check("running the model", Some(free as u64))?;
+    }
     let device = backend.name();
     let batch = EVAL_BATCH.min(data.rows.max(1));
     let mut net = Network::new(backend, &model.spec, &model.params, batch, None)?;
@@ -91,19 +96,67 @@ pub fn evaluate<B: Backend>(
     })
 }
 
-/// Loads the model and the data file of `request`, and runs the model forward over every row.
+/// A model run over a data file, with what the caller should be told.
+struct Run {
+    model: ModelFile,
+    data: Dataset,
+    result: Evaluation,
+    notes: Vec<String>,
+}
+
+/// Checks the paths (`plan` holds the outputs), loads the model and the data file of `request`, checks the
+/// memory it takes, and runs the model forward over every row.
 fn run_model(
     request: &ModelRequest,
+    plan: PathPlan,
     want_codes: bool,
     want_recon: bool,
-) -> Result<(ModelFile, Dataset, Evaluation)> {
-    let model = io::load_model(&request.model)?;
+) -> Result<(Run, Claim)> {
+    let claim = plan
+        .input("--model", &request.model)
+        .input("--data", &request.data)
+        .check()?;
+    let (model, integrity) = io::load_model_verified(&request.model)?;
+    let mut notes = Vec::new();
+    if integrity == Integrity::NoChecksum {
+        notes.push(format!(
+            "{} has no checksum (written by an older tiedae): a damaged file cannot be told from a good one",
+            request.model.display()
+        ));
+    }
     let data = load_for_model(&request.data, &model)?;
     let device = resolve_device(request.device)?;
+    let need = inference_need(&model, data.rows, want_codes, want_recon);
+    if device == super::Device::Cpu {
+        need.check("running the model", None)?;
+    } else {
+        Estimate {
+            host: need.host,
+            device: Vec::new(),
+        }
+        .check("running the model", None)?;
+    }
     let result = crate::with_backend!(device, |backend| evaluate(
         backend, &model, &data, want_codes, want_recon
     )?);
-    Ok((model, data, result))
+    let run = Run {
+        model,
+        data,
+        result,
+        notes,
+    };
+    Ok((run, claim))
+}
+
+/// An error for a result that is not a finite number.
+fn not_finite(request: &ModelRequest, what: String) -> Error {
+    Error::file(
+        &request.model,
+        format!(
+            "gives {what} on {}: its outputs overflow, so the data is far outside what the model was trained on (check its units and columns), or the model is damaged",
+            request.data.display()
+        ),
+    )
 }
 
 /// What `eval` measured.
@@ -115,32 +168,93 @@ pub struct EvalReport {
     pub features: usize,
     /// The backend's name.
     pub device: String,
+    /// What the caller should be told besides (a model file without a checksum).
+    pub notes: Vec<String>,
 }
 
 /// The reconstruction MSE of a model on a data file.
 pub fn eval(request: &ModelRequest) -> Result<EvalReport> {
-    let (_, data, result) = run_model(request, false, false)?;
+    let (run, _claim) = run_model(request, PathPlan::new(), false, false)?;
+    let mse = run.result.mse;
+    if !mse.is_finite() {
+        return Err(not_finite(
+            request,
+            format!("a reconstruction MSE of {mse}"),
+        ));
+    }
     Ok(EvalReport {
-        mse: result.mse,
-        samples: data.rows,
-        features: data.cols,
-        device: result.device,
+        mse,
+        samples: run.data.rows,
+        features: run.data.cols,
+        device: run.result.device,
+        notes: run.notes,
     })
 }
 
-/// Writes the code of every row to `out` (CSV: the ignored columns as they were, then `code_0 …
-/// code_{k-1}`); returns (rows, k).
-pub fn encode(request: &ModelRequest, out: &Path) -> Result<(usize, usize)> {
-    io::check_out_path("--out", out)?;
-    let (model, data, result) = run_model(request, true, false)?;
-    let k = model.spec.code_width();
-    let n_ignored = data.ignored_names.len();
-    io::write_atomic(out, |w| {
+/// What `encode` or `reconstruct` wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub rows: usize,
+    /// The codes' width (`encode`), or the features' (`reconstruct`).
+    pub width: usize,
+    /// `reconstruct`: the mean of the rows' errors, in the model's normalized units.
+    pub mse: f64,
+    pub notes: Vec<String>,
+}
+
+/// Writes a CSV output: to `out` atomically, or to standard output for `-`.
+fn write_csv(
+    out: &Path,
+    write: impl FnOnce(&mut csv::Writer<&mut dyn Write>) -> std::result::Result<(), csv::Error>,
+) -> Result<()> {
+    let stdout = paths::is_stdout(out);
+    let shown = if stdout {
+        Path::new("standard output")
+    } else {
+        out
+    };
+    let fill = |w: &mut dyn Write| -> Result<()> {
         let mut csv = csv::Writer::from_writer(w);
-        let bad = |e: csv::Error| Error::file(out, e.to_string());
+        write(&mut csv).map_err(|e| Error::file(shown, e.to_string()))?;
+        csv.flush().map_err(|e| Error::io(shown, e))
+    };
+    if stdout {
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        fill(&mut w)?;
+        w.flush().map_err(|e| Error::io(shown, e))
+    } else {
+        io::write_atomic(out, |w| fill(w))
+    }
+}
+
+/// Writes the code of every row to `out` (CSV: the columns other than the model's features as they were,
+/// then `code_0 … code_{k-1}`), a file or `-` for standard output.
+pub fn encode(request: &ModelRequest, out: &Path) -> Result<Written> {
+    let plan = PathPlan::new().output_or_stdout("--out", out);
+    let (run, _claim) = run_model(request, plan, true, false)?;
+    let Run {
+        model,
+        data,
+        result,
+        notes,
+    } = run;
+    let k = model.spec.code_width();
+    if let Some(i) = result.codes.iter().position(|c| !c.is_finite()) {
+        return Err(not_finite(
+            request,
+            format!(
+                "a code of {} (code_{} of data row {})",
+                result.codes[i],
+                i % k,
+                i / k + 1
+            ),
+        ));
+    }
+    let n_ignored = data.ignored_names.len();
+    write_csv(out, |csv| {
         let mut header: Vec<String> = data.ignored_names.clone();
         header.extend((0..k).map(|j| format!("code_{j}")));
-        csv.write_record(&header).map_err(bad)?;
+        csv.write_record(&header)?;
         let mut record: Vec<String> = Vec::with_capacity(n_ignored + k);
         for r in 0..data.rows {
             record.clear();
@@ -150,23 +264,30 @@ pub fn encode(request: &ModelRequest, out: &Path) -> Result<(usize, usize)> {
                     .iter()
                     .map(|x| x.to_string()),
             );
-            csv.write_record(&record).map_err(bad)?;
+            csv.write_record(&record)?;
         }
-        csv.flush().map_err(|e| Error::io(out, e))
+        Ok(())
     })?;
-    Ok((data.rows, k))
+    Ok(Written {
+        rows: data.rows,
+        width: k,
+        mse: result.mse,
+        notes,
+    })
 }
 
-/// Writes every row's reconstruction, in the data's own units, to `out` (CSV: the ignored columns as they
-/// were, then the features); with `per_row_error`, each row's error (MSE in the model's normalized units) and
-/// number too, worst first. Returns (rows, the mean of the rows' errors).
-pub fn reconstruct(
-    request: &ModelRequest,
-    out: &Path,
-    per_row_error: bool,
-) -> Result<(usize, f64)> {
-    io::check_out_path("--out", out)?;
-    let (model, data, result) = run_model(request, false, true)?;
+/// Writes every row's reconstruction, in the data's own units, to `out` (CSV: the columns other than the
+/// model's features as they were, then the features); with `per_row_error`, each row's error (MSE in the
+/// model's normalized units) and number too, worst first. `out` is a file or `-` for standard output.
+pub fn reconstruct(request: &ModelRequest, out: &Path, per_row_error: bool) -> Result<Written> {
+    let plan = PathPlan::new().output_or_stdout("--out", out);
+    let (run, _claim) = run_model(request, plan, false, true)?;
+    let Run {
+        model,
+        data,
+        mut result,
+        notes,
+    } = run;
     let d = data.cols;
     let errors: Vec<f64> = data
         .values
@@ -180,21 +301,43 @@ pub fn reconstruct(
                 / d as f64
         })
         .collect();
+    if let Some(r) = errors.iter().position(|e| !e.is_finite()) {
+        return Err(not_finite(
+            request,
+            format!(
+                "a reconstruction error of {} for data row {}",
+                errors[r],
+                r + 1
+            ),
+        ));
+    }
+    // Back to the data's own units, checked: the inverse normalization can overflow too.
+    for (r, row) in result.reconstructions.chunks_exact_mut(d).enumerate() {
+        model.normalization.invert_row(row);
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            return Err(not_finite(
+                request,
+                format!(
+                    "a reconstruction of {} ('{}' of data row {})",
+                    row[j],
+                    model.feature_names[j],
+                    r + 1
+                ),
+            ));
+        }
+    }
     let mut rows: Vec<usize> = (0..data.rows).collect();
     if per_row_error {
         rows.sort_by(|&i, &j| errors[j].total_cmp(&errors[i]));
     }
     let n_ignored = data.ignored_names.len();
-    io::write_atomic(out, |w| {
-        let mut csv = csv::Writer::from_writer(w);
-        let bad = |e: csv::Error| Error::file(out, e.to_string());
+    write_csv(out, |csv| {
         let mut header: Vec<String> = data.ignored_names.clone();
         if per_row_error {
             header.extend(["row".to_string(), "error".to_string()]);
         }
         header.extend(model.feature_names.iter().cloned());
-        csv.write_record(&header).map_err(bad)?;
-        let mut values = vec![0.0f32; d];
+        csv.write_record(&header)?;
         let mut record: Vec<String> = Vec::with_capacity(header.len());
         for &r in &rows {
             record.clear();
@@ -203,13 +346,20 @@ pub fn reconstruct(
                 record.push(r.to_string());
                 record.push(errors[r].to_string());
             }
-            values.copy_from_slice(&result.reconstructions[r * d..(r + 1) * d]);
-            model.normalization.invert_row(&mut values);
-            record.extend(values.iter().map(|v| v.to_string()));
-            csv.write_record(&record).map_err(bad)?;
+            record.extend(
+                result.reconstructions[r * d..(r + 1) * d]
+                    .iter()
+                    .map(|v| v.to_string()),
+            );
+            csv.write_record(&record)?;
         }
-        csv.flush().map_err(|e| Error::io(out, e))
+        Ok(())
     })?;
     let mse = errors.iter().sum::<f64>() / errors.len().max(1) as f64;
-    Ok((data.rows, mse))
+    Ok(Written {
+        rows: data.rows,
+        width: d,
+        mse,
+        notes,
+    })
 }

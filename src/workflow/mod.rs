@@ -8,6 +8,8 @@
 //! - `prepare.rs`: what a run starts from, fresh or from a checkpoint: the data loaded and split, the model
 //!   built or read back.
 //! - `infer.rs`: `eval`, `encode`, `reconstruct`.
+//! - `paths.rs`: every input and output checked before any work (never an output onto an input, a device
+//!   or a folder), and the outputs locked for the length of a run.
 //! - `demo.rs`: the 51→1 scenario.
 
 use crate::backend::cuda;
@@ -15,6 +17,7 @@ use crate::error::Result;
 
 pub mod demo;
 pub mod infer;
+pub mod paths;
 mod prepare;
 pub mod train;
 

@@ -2,18 +2,22 @@
 //! an optional validation split, a checkpoint written after every epoch, a stop flag the caller owns (Ctrl-C
 //! in the CLI), metrics and a plot. Progress is reported to a [`TrainObserver`]; nothing here prints.
 //!
-//! The order of events: the request is checked and the data loaded (`prepare.rs`), normalized and split; the
-//! device chosen; the metrics file opened; [`TrainObserver::prepared`]; the backend created,
-//! [`TrainObserver::started`]; the data placed ([`Notice`]s say where); the epochs, each followed by
-//! [`TrainObserver::epoch`] and a checkpoint; a final save; [`TrainObserver::finished`]; the plot.
+//! The order of events: the request is checked, every path checked and the outputs locked, the data loaded
+//! (`prepare.rs`: a resumed run's settings and data checked against its checkpoint), the model file's header
+//! and the run's memory estimated, the device chosen, and only then the weights allocated; [`Notice`]s of
+//! what was found; the data normalized and split; the metrics file opened; [`TrainObserver::prepared`]; the
+//! backend created (a GPU's free memory checked), [`TrainObserver::started`]; the data placed ([`Notice`]s
+//! say where); the epochs, each followed by [`TrainObserver::epoch`] and a checkpoint; a final save;
+//! [`TrainObserver::finished`]; the plot; the outputs unlocked.
 
 use super::prepare::{self, PreparedRun, Split};
-use super::{resolve_device, DeviceChoice};
+use super::DeviceChoice;
 use crate::activation::Activation;
 use crate::backend::Backend;
 use crate::data::{ColumnSelector, Normalization, NormalizeKind};
 use crate::error::{Error, Result};
-use crate::io::{self, Checkpoint, ModelFile, RunSettings};
+use crate::io::{self, Checkpoint, DataIdentity, ModelFile, RunSettings};
+use crate::memory::{Estimate, Need};
 use crate::model::ModelSpec;
 use crate::optim::Optimizer;
 use crate::train::{
@@ -49,7 +53,7 @@ pub enum RunSource {
     /// A new model, trained on a data file.
     New(Box<NewRun>),
     /// A run continued from the checkpoint in the model file it wrote.
-    Resume(ResumeRun),
+    Resume(Box<ResumeRun>),
 }
 
 /// A new model and how to train it (`tiedae train --data … --out …`).
@@ -89,6 +93,38 @@ pub struct ResumeRun {
     pub data: Option<PathBuf>,
     /// Where to write, when not `from`.
     pub out: Option<PathBuf>,
+    /// Settings given again: each must equal what the checkpoint records.
+    pub given: GivenSettings,
+    /// Continue on a data set other than the one the checkpoint records (`--resume-with-other-data`);
+    /// without it, another data set (other rows, other values) is refused.
+    pub other_data: bool,
+}
+
+/// The settings of a run that a checkpoint records, as given to a resumed run (None: not given). A resumed
+/// run continues with the recorded ones; one given with another value is an error naming both, since it
+/// would otherwise be ignored. What may change on resume is not here: the epochs in all, the device, where
+/// the data lives, CUDA graphs, the metrics and plot files, `--out`, and the data file's path (its content
+/// is checked against the checkpoint's record).
+#[derive(Debug, Clone, Default)]
+pub struct GivenSettings {
+    pub layers: Option<Vec<usize>>,
+    pub activation: Option<Activation>,
+    pub code_activation: Option<Activation>,
+    pub output_activation: Option<Activation>,
+    pub optimizer: Option<String>,
+    pub lr: Option<f32>,
+    pub momentum: Option<f32>,
+    pub batch_size: Option<usize>,
+    pub seed: Option<u64>,
+    pub shuffle: Option<bool>,
+    pub ignore: Option<Vec<ColumnSelector>>,
+    pub normalize: Option<NormalizeKind>,
+    pub val_split: Option<f64>,
+    pub patience: Option<usize>,
+    pub orthogonality: Option<f32>,
+    pub uncorrelated: Option<f32>,
+    pub unit_norm: Option<bool>,
+    pub data_dtype: Option<DataType>,
 }
 
 /// What a run will do, known once its data is loaded (see [`TrainObserver::prepared`]).
@@ -111,6 +147,16 @@ pub struct TrainPlan {
 /// Something worth telling about how a run goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
+    /// A file read without a checksum to check it against (`flag`'s file: weights written elsewhere for
+    /// `--init`, or a file of an older tiedae).
+    NoChecksum { flag: &'static str, path: PathBuf },
+    /// The checkpoint resumed from does not record its data set (an older tiedae's), so the data given could
+    /// not be checked against it.
+    DataUnrecorded { from: PathBuf },
+    /// `--resume-with-other-data`: the run continues on a data set other than the one it started on.
+    OtherData { data: PathBuf, from: PathBuf },
+    /// Temporary files of a killed run on the same outputs were removed.
+    StaleTempsRemoved { count: usize },
     /// The data set stays in host memory (a batch copied up at a time) on a device with memory of its own;
     /// `auto` when placement was automatic (the set does not fit in the device's free memory).
     DataOnHost { auto: bool },
@@ -168,8 +214,8 @@ pub fn train(
     }
     let resuming = matches!(request.run, RunSource::Resume(_));
     let run = match &request.run {
-        RunSource::New(new) => prepare::new_run(new, epochs)?,
-        RunSource::Resume(resume) => prepare::resumed_run(resume, epochs)?,
+        RunSource::New(new) => prepare::new_run(new, request)?,
+        RunSource::Resume(resume) => prepare::resumed_run(resume, request)?,
     };
     let PreparedRun {
         spec,
@@ -183,11 +229,18 @@ pub fn train(
         mut history,
         out,
         mut data,
+        data_identity,
+        device,
+        device_need,
+        notices,
+        _claim,
     } = run;
+    for notice in &notices {
+        observer.notice(notice);
+    }
     normalization.apply(&mut data);
     let optimizer = settings.optimizer()?;
     let split = prepare::split_validation(&data, settings.val_split, settings.seed)?;
-    let device = resolve_device(request.device)?;
     let cfg = TrainConfig {
         batch_size: settings.batch_size,
         epochs,
@@ -229,6 +282,7 @@ pub fn train(
         optimizer,
         rows: data.rows,
         out: &out,
+        data_identity: &data_identity,
     };
     let mut run = Run {
         request,
@@ -243,6 +297,7 @@ pub fn train(
         metrics,
         history: &mut history,
         observer: &mut *observer,
+        device_need: &device_need,
     };
     let outcome = crate::with_backend!(device, |backend| run.on(backend));
     observer.finished();
@@ -291,6 +346,7 @@ struct Saver<'a> {
     /// Rows of the data file, validation rows included.
     rows: usize,
     out: &'a Path,
+    data_identity: &'a Option<DataIdentity>,
 }
 
 impl Saver<'_> {
@@ -327,6 +383,7 @@ impl Saver<'_> {
                 state: st.clone(),
                 optimizer_state: opt,
                 history: history.to_vec(),
+                data_identity: self.data_identity.clone(),
             }),
         };
         io::save_model(self.out, &model)
@@ -347,10 +404,19 @@ struct Run<'a> {
     metrics: Option<(std::fs::File, PathBuf)>,
     history: &'a mut Vec<(usize, f64, Option<f64>)>,
     observer: &'a mut dyn TrainObserver,
+    /// What the run takes in a GPU's own memory, checked against its free memory once it is up.
+    device_need: &'a [Need],
 }
 
 impl Run<'_> {
     fn on<B: Backend>(&mut self, backend: B) -> Result<FitOutcome> {
+        if let Some(free) = backend.free_memory() {
+            let need = Estimate {
+                host: Vec::new(),
+                device: self.device_need.to_vec(),
+            };
+            need.check(&prepare::task(&self.plan.widths), Some(free as u64))?;
+        }
         let device_name = backend.name();
         self.observer.started(self.plan, &device_name);
         let (request, cfg, split) = (self.request, self.cfg, self.split);
