@@ -4,6 +4,7 @@
 
 use tiedae::backend::cuda::CudaBackend;
 
+pub mod binary;
 pub mod emulated;
 pub mod finite_difference;
 pub mod recorder;
