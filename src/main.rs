@@ -92,3 +92,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => Ok(cli::bench::run(&args)?),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        // The library's I/O error shows its OS error and also carries it as its source.
+        let os = std::io::Error::from_raw_os_error(21);
+        let e = anyhow::Error::new(tiedae::Error::io(std::path::Path::new("m.safetensors"), os));
+        let line = one_line(&e);
+        assert_eq!(line.matches("os error 21").count(), 1, "{line}");
+        assert!(line.starts_with("m.safetensors: "), "{line}");
+        // A context that adds to the message keeps both.
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&e), "outer: inner");
+    }
+}

@@ -451,3 +451,77 @@ fn normalize_extremes_stay_finite() {
     }
     .apply(&mut d);
 }
+
+fn for_model(contents: &str, features: &[&str], ignore: &str) -> Result<Dataset> {
+    let t = tmp(contents);
+    let features: Vec<String> = features.iter().map(|s| s.to_string()).collect();
+    load_csv_for_model(&t.0, &features, &parse_selectors(ignore))
+}
+
+#[test]
+fn a_model_finds_its_columns_by_name() {
+    // Reordered, with a column the model does not know and without its label: features in the model's
+    // order, every other column carried as text in file order.
+    let d = for_model("z,b,Id,a\n9,2,x,1\n8,4,y,3\n", &["a", "b"], "Id,label").unwrap();
+    assert_eq!(d.feature_names, ["a", "b"]);
+    assert_eq!(d.values, [1., 2., 3., 4.]);
+    assert_eq!(d.ignored_names, ["z", "Id"]);
+    assert_eq!(d.ignored_values, ["9", "x", "8", "y"]);
+    // A name the model has twice is matched occurrence by occurrence.
+    let d = for_model("a,b,a\n1,2,3\n", &["a", "a", "b"], "").unwrap();
+    assert_eq!(d.values, [1., 3., 2.]);
+    // A missing feature is named, with what the file has instead.
+    let e = for_model("a,bb\n1,2\n", &["a", "b"], "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("has no column 'b', which the model takes (feature 2 of 2); columns the model does not take: bb"),
+        "{e}"
+    );
+    let e = for_model("a,b\n1,2\n", &["a", "b", "a"], "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no column 'a'") && e.contains("feature 3 of 3"),
+        "{e}"
+    );
+    // A model trained without a header says to give the data without one.
+    let e = for_model("x,y\n1,2\n", &["col0", "col1"], "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("without a header row"), "{e}");
+}
+
+#[test]
+fn a_file_without_a_header_is_taken_by_position() {
+    // The model's width: the features alone.
+    let d = for_model("1,2\n3,4\n", &["a", "b"], "label").unwrap();
+    assert_eq!(
+        (d.values.clone(), d.ignored_names.len()),
+        (vec![1., 2., 3., 4.], 0)
+    );
+    // Wider: the training's ignored columns are left out by index, as in training.
+    let d = for_model("7,1,2\n8,3,4\n", &["a", "b"], "0").unwrap();
+    assert_eq!(d.values, [1., 2., 3., 4.]);
+    assert_eq!(d.ignored_values, ["7", "8"]);
+    let e = for_model("7,1,2,5\n8,3,4,6\n", &["a", "b"], "0")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("has 3 feature columns after ignoring [0], but the model takes 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn column_names_come_from_the_first_row_alone() {
+    let names = |contents: &str| {
+        let t = tmp(contents);
+        let mut got = Vec::new();
+        let n = column_names(&t.0, &mut |s| got.push(s.to_string())).unwrap();
+        assert_eq!(n, got.len());
+        got
+    };
+    assert_eq!(names("\u{feff}Id, x ,y\n1,2,3\n"), ["Id", "x", "y"]);
+    assert_eq!(names("\n1,2,3\nnot,even,read"), ["col0", "col1", "col2"]);
+}
