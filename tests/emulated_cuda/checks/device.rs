@@ -186,8 +186,13 @@ fn a_device_too_small_for_the_data_keeps_it_on_the_host() {
     let (full, _) = train("1", "device", "full.safetensors", "2048,8");
     let stderr = String::from_utf8_lossy(&full.stderr);
     assert!(!full.status.success());
+    // Refused up front by the memory estimate (src/memory.rs) against the device's free memory, before any
+    // allocation could fail.
     assert!(
-        stderr.contains("CUDA_ERROR_OUT_OF_MEMORY") && stderr.trim().lines().count() == 1,
+        stderr.contains("of GPU memory")
+            && stderr.contains("but 1.0 MB is free")
+            && stderr.contains("--layers")
+            && stderr.trim().lines().count() == 1,
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
