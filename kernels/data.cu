@@ -2,7 +2,7 @@
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/data.cu -o data.ptx
 #include "common.cuh"
-#include <cuda_fp16.h>
+#include "half.cuh"
 
 // data is (data_rows, cols), idx is (out_rows) u32, out is (out_rows, cols): out[r, :] = data[idx[r], :].
 // Launch: blockDim.x threads walk the columns of a row (coalesced), blockIdx.x/gridDim.x split the columns
@@ -26,16 +26,6 @@ extern "C" __global__ void gather_rows(const float* __restrict__ data, const uns
             }
         }
     }
-}
-
-// The codes of `HalfFormat` in src/backend/mod.rs: `gather_rows_half`'s `format`.
-#define HALF_FORMAT_F16 0u
-#define HALF_FORMAT_BF16 1u
-
-// A 16-bit float of `format` as the f32 it stands for (exact in both cases).
-__device__ __forceinline__ float half_bits_to_float(unsigned short bits, unsigned int format) {
-    return format == HALF_FORMAT_BF16 ? __uint_as_float(((unsigned int)bits) << 16)
-                                      : __half2float(__ushort_as_half(bits));
 }
 
 // gather_rows for a data set kept at half size: data is (data_rows, cols) 16-bit floats of `format`, out is

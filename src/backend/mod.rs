@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod noise;
 pub mod products;
 pub mod shuffle;
 
@@ -20,6 +21,7 @@ use crate::error::{Error, Result};
 pub use crate::real::Real;
 
 pub use cpu::CpuBackend;
+pub use noise::NoiseParams;
 
 /// A buffer of scalars owned by a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,6 +158,30 @@ impl Gemm {
     }
 }
 
+/// Where swap noise takes its donor values: the training set, as the backend holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Donors {
+    /// (rows, cols) scalars.
+    F32(Region),
+    /// (rows, cols) 16-bit floats of a format, converted exactly as they are read.
+    Half(HalfId, HalfFormat),
+}
+
+/// What [`Backend::corrupt_rows`] draws from besides the batch: the training set (swap noise's donors), the
+/// mask values, the epoch's key in backend memory (a CUDA graph replays with the key of the epoch it runs
+/// in) and the probabilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoiseSource {
+    /// The training set, (donor_rows, cols).
+    pub donors: Donors,
+    pub donor_rows: usize,
+    /// (cols): what mask noise puts in a cell.
+    pub fill: Region,
+    /// (3) u32: the epoch's [`noise::key_words`].
+    pub key: IdxRegion,
+    pub params: NoiseParams,
+}
+
 /// Adam's constants, in Keras's form: `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`,
 /// `w −= alpha·m/(√v + ε)` with `alpha = lr·√(1−β2ᵗ)/(1−β1ᵗ)` ([`crate::optim::Optimizer::adam_alpha`]).
 /// alpha, the one value that changes from step to step, is not here: [`Backend::adam_step`] reads it from
@@ -231,6 +257,18 @@ pub trait Backend {
     /// out is (idx.len, cols): `out[r] = data[idx[r]]`; data is (rows, cols).
     fn gather_rows(&mut self, data: Region, cols: usize, idx: IdxRegion, out: Region)
         -> Result<()>;
+    /// clean and out are (idx.len, cols), idx[r] the row of the training set (`source.donors`) that batch
+    /// row r holds: out = clean with the noise of [`noise`] (swap, then mask, then Gaussian), drawn for each
+    /// cell from (the key, its row idx[r], its column) alone: `out[r] = noise::corrupt_row(clean[r], idx[r],
+    /// …)`, bit for bit on every backend.
+    fn corrupt_rows(
+        &mut self,
+        clean: Region,
+        cols: usize,
+        idx: IdxRegion,
+        source: NoiseSource,
+        out: Region,
+    ) -> Result<()>;
     /// See [`Gemm`]. a, b, c are the stored matrices.
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()>;
     /// `first`, then `second` (each a [`Backend::gemm`]'s arguments): the backward pass's two products of one

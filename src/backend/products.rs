@@ -2,7 +2,9 @@
 //! and it says which products that step runs, in order (`train::step_products`, behind `tiedae bench
 //! --step-gemms`). Every other op does nothing, and a download reads zeros.
 
-use super::{AdamConfig, Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, Region};
+use super::{
+    AdamConfig, Backend, BufId, Gemm, HalfFormat, HalfId, IdxId, IdxRegion, NoiseSource, Region,
+};
 use crate::activation::Activation;
 use crate::error::Result;
 
@@ -72,6 +74,16 @@ impl Backend for ProductLog {
         _data: Region,
         _cols: usize,
         _idx: IdxRegion,
+        _out: Region,
+    ) -> Result<()> {
+        Ok(())
+    }
+    fn corrupt_rows(
+        &mut self,
+        _clean: Region,
+        _cols: usize,
+        _idx: IdxRegion,
+        _source: NoiseSource,
         _out: Region,
     ) -> Result<()> {
         Ok(())

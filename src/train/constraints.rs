@@ -173,7 +173,9 @@ impl<B: Backend> Network<B> {
             }
         }
         if c.uncorrelated != 0.0 && n > 1 {
-            self.forward(super::DataSet::Train, start, n)?;
+            // The codes the training step penalizes: of the corrupted rows when noise is on.
+            let corrupt = self.corrupts();
+            self.forward(super::DataSet::Train, start, n, corrupt)?;
             let k = self.spec.code_width();
             let codes = self.h(self.spec.depth(), n);
             let codes = self.download_f64(codes)?;

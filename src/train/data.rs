@@ -110,7 +110,7 @@ impl Default for DataOptions {
 const DEVICE_HEADROOM_BYTES: usize = 256 << 20;
 
 /// Where a data set's values live.
-enum DataValues<T> {
+pub(super) enum DataValues<T> {
     F32(Region),
     Half(HalfId, HalfFormat),
     /// On the host, (rows, d_0) row-major, with the row order of the epoch in progress; a batch is gathered
@@ -123,10 +123,10 @@ enum DataValues<T> {
 
 /// A data set: its values (on the backend or the host) and its per-step slots on the backend.
 pub(super) struct DeviceData<T> {
-    values: DataValues<T>,
+    pub(super) values: DataValues<T>,
     pub(super) rows: usize,
     /// The epoch's row order on the backend (None for a set kept on the host: its order is there too).
-    order: Option<IdxId>,
+    pub(super) order: Option<IdxId>,
     /// One slot per step of an epoch, read back once per epoch.
     pub(super) step_losses: Region,
     /// One slot per step of an epoch: Adam's alpha for that step, uploaded once per `train_steps` (a
@@ -147,15 +147,17 @@ impl<T> DeviceData<T> {
 pub(super) struct DataSets<T> {
     train: Option<DeviceData<T>>,
     validation: Option<DeviceData<T>>,
-    /// A batch of a data set kept on the host, gathered before its copy up (reused: no allocation a step).
+    /// A batch of a data set kept on the host, gathered before its copy up (reused: no allocation a step):
+    /// its rows, or with noise its clean rows then its corrupted ones.
     staging: Vec<T>,
-    /// For a set kept on the host, a second `stack_in[0]` (allocated on first use): each batch is copied
-    /// into the one the previous step did not use, while that step runs, and the two swap (`stack_in[0]` is
-    /// always the one the next forward pass reads).
-    spare_input: Option<Region>,
+    /// For a set kept on the host, a second `stack_in[0]` with the clean target area before it, if any
+    /// (noise.rs), as one region (allocated on first use): each batch is copied into the one the previous
+    /// step did not use, while that step runs, and the two swap (`stack_in[0]` is always the one the next
+    /// forward pass reads).
+    pub(super) spare_input: Option<Region>,
     /// The batch already copied into `stack_in[0]` for the next forward pass: (set, first row of the order,
-    /// rows).
-    staged: Option<(DataSet, usize, usize)>,
+    /// rows, corrupted).
+    pub(super) staged: Option<(DataSet, usize, usize, bool)>,
 }
 
 impl<T> Default for DataSets<T> {
@@ -327,8 +329,9 @@ impl<B: Backend> Network<B> {
     /// Sets the training set's row order for epoch `epoch` of a run seeded with `seed`: file order, or that
     /// epoch's shuffle ([`super::epoch_order`]). A set on the backend gets it from the backend (on a GPU, a
     /// kernel writes it where the batches read it: nothing is copied up); a set kept on the host, from the
-    /// host.
+    /// host. With noise on, the epoch's noise key too ([`Network::set_noise_key`]).
     pub fn order_epoch(&mut self, seed: u64, epoch: usize, shuffle: bool) -> Result<()> {
+        self.set_noise_key(seed, epoch as u64)?;
         let d = self.data();
         let rows = d.rows;
         let backend_order = match d.values {
@@ -379,12 +382,19 @@ impl<B: Backend> Network<B> {
     }
 
     /// x = rows `order[start .. start + n]` of set `which`, into `stack_in[0]`: gathered on the backend, or,
-    /// for a set the device cannot hold, copied up while the previous step ran (or now).
-    pub(super) fn load_batch(&mut self, which: DataSet, start: usize, n: usize) -> Result<()> {
+    /// for a set the device cannot hold, copied up while the previous step ran (or now). With `corrupt`
+    /// (a training batch with noise on) the clean rows go to the target area and x gets them corrupted.
+    pub(super) fn load_batch(
+        &mut self,
+        which: DataSet,
+        start: usize,
+        n: usize,
+        corrupt: bool,
+    ) -> Result<()> {
         let d0 = self.spec.input_width();
         if self.dataset(which).placement() == Placement::Host {
-            if self.sets.staged != Some((which, start, n)) {
-                self.stage_batch(which, start, n)?;
+            if self.sets.staged != Some((which, start, n, corrupt)) {
+                self.stage_batch(which, start, n, corrupt)?;
             }
             self.sets.staged = None;
             return Ok(());
@@ -399,24 +409,38 @@ impl<B: Backend> Network<B> {
             offset: start,
             len: n,
         };
-        let x = self.x(n);
+        let rows = if corrupt { self.target(n) } else { self.x(n) };
         match *values {
-            DataValues::F32(values) => self.backend.gather_rows(values, d0, idx, x),
-            DataValues::Half(values, format) => {
-                self.backend.gather_rows_half(values, format, d0, idx, x)
-            }
+            DataValues::F32(values) => self.backend.gather_rows(values, d0, idx, rows)?,
+            DataValues::Half(values, format) => self
+                .backend
+                .gather_rows_half(values, format, d0, idx, rows)?,
             DataValues::Host { .. } => unreachable!("placement says the backend"),
         }
+        if corrupt {
+            self.corrupt_batch(start, n)?;
+        }
+        Ok(())
     }
 
     /// Copies rows `order[start .. start + n]` of set `which` (kept on the host) into the spare `stack_in[0]`,
     /// which then becomes `stack_in[0]`: the copy may run while the ops queued since the last one still run,
-    /// as those use the other one (see `Backend::prefetch`).
-    pub(super) fn stage_batch(&mut self, which: DataSet, start: usize, n: usize) -> Result<()> {
+    /// as those use the other one (see `Backend::prefetch`). With `corrupt`, the host corrupts the rows as
+    /// `corrupt_rows` would on the backend, with donors from the whole set here, and the clean rows and the
+    /// corrupted ones go up in one copy (target area, then h_0: noise.rs).
+    pub(super) fn stage_batch(
+        &mut self,
+        which: DataSet,
+        start: usize,
+        n: usize,
+        corrupt: bool,
+    ) -> Result<()> {
         let cols = self.spec.input_width();
+        let lead = self.input_lead();
+        let block_len = lead + 2 * self.max_batch * cols;
         let spare = match self.sets.spare_input {
             Some(r) => r,
-            None => alloc(&mut self.backend, 2 * self.max_batch * cols)?,
+            None => alloc(&mut self.backend, block_len)?,
         };
         let d = match which {
             DataSet::Train => self.sets.train.as_ref(),
@@ -426,17 +450,33 @@ impl<B: Backend> Network<B> {
         let DataValues::Host { values, order } = &d.values else {
             unreachable!("only a set kept on the host is staged");
         };
-        self.sets.staging.clear();
-        for &r in &order[start..start + n] {
+        let rows = &order[start..start + n];
+        let mut staging = std::mem::take(&mut self.sets.staging);
+        staging.clear();
+        for &r in rows {
             let r = r as usize;
-            self.sets
-                .staging
-                .extend_from_slice(&values[r * cols..(r + 1) * cols]);
+            staging.extend_from_slice(&values[r * cols..(r + 1) * cols]);
         }
-        self.backend
-            .prefetch(spare.prefix(n * cols), &self.sets.staging)?;
-        self.sets.spare_input = Some(std::mem::replace(&mut self.acts.stack_in[0], spare));
-        self.sets.staged = Some((which, start, n));
+        let dst = if corrupt {
+            let state = self.noise.as_ref().expect("noise is on");
+            staging.resize(2 * n * cols, B::Scalar::zero());
+            let (clean, noisy) = staging.split_at_mut(n * cols);
+            super::noise::corrupt_on_host(state, values, cols, rows, clean, noisy);
+            spare.sub(lead - n * cols, 2 * n * cols)
+        } else {
+            spare.sub(lead, n * cols)
+        };
+        let prefetched = self.backend.prefetch(dst, &staging);
+        self.sets.staging = staging;
+        prefetched?;
+        let current = self.acts.stack_in[0];
+        self.acts.stack_in[0] = spare.sub(lead, block_len - lead);
+        self.sets.spare_input = Some(Region {
+            buf: current.buf,
+            offset: current.offset - lead,
+            len: block_len,
+        });
+        self.sets.staged = Some((which, start, n, corrupt));
         Ok(())
     }
 }

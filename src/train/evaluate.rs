@@ -38,7 +38,7 @@ impl<B: Backend> Network<B> {
         let mut start = 0;
         while start < rows {
             let n = self.max_batch.min(rows - start);
-            self.forward(which, start, n)?;
+            self.forward(which, start, n, false)?;
             // The loss is computed on the host here: evaluation is not the hot path and this keeps
             // inference free of gradient buffers.
             self.backend.download(self.g(0, n), &mut recon[..n * d0])?;

@@ -161,7 +161,8 @@ impl<B: Backend> Network<B> {
             if on_host && next < steps && !stop.now(self.steps_done) {
                 // The next batch goes up while this step runs.
                 let start = next * batch_size;
-                self.stage_batch(DataSet::Train, start, batch_size.min(rows - start))?;
+                let corrupt = self.corrupts();
+                self.stage_batch(DataSet::Train, start, batch_size.min(rows - start), corrupt)?;
             }
         }
         let mut step_losses = vec![B::Scalar::zero(); next - first_step];

@@ -7,6 +7,7 @@
 //! - `fit.rs`: the steps of an epoch and the epochs of a run: shuffling, validation, early stopping,
 //!   interruption, and the state a checkpoint needs to resume.
 //! - `graphs.rs`: runs of steps recorded once as a graph and replayed (a CUDA graph on a GPU).
+//! - `noise.rs`: denoising: the noise of a training batch's inputs, while the loss keeps the clean rows.
 //! - `constraints.rs`: the PCA-principle penalties and projection.
 //! - `evaluate.rs`: the forward pass over a whole data set (eval, encode, reconstruct, validation).
 //!
@@ -26,12 +27,14 @@ mod data;
 mod evaluate;
 mod fit;
 mod graphs;
+mod noise;
 mod step;
 
 pub use constraints::Constraints;
 pub use data::{DataOptions, DataSet, DataType, Placement};
 pub use fit::{epoch_order, FitEnd, FitOptions, FitOutcome, FitState, OptimizerState};
 pub use graphs::GRAPH_STEPS;
+pub use noise::Noise;
 pub use step::step_products;
 
 /// When a run should stop before its epochs are done: a flag set from a signal handler (Ctrl-C), or a
@@ -111,6 +114,10 @@ pub struct Network<B: Backend> {
     constraint_buffers: Option<constraints::Buffers>,
     /// Recorded runs of steps (graphs.rs).
     graphs: graphs::StepGraphs,
+    /// Denoising (noise.rs): the noise of the training batches, its key and mask values on the backend.
+    noise: Option<noise::NoiseState<B::Scalar>>,
+    /// Whether `stack_in[0]` has the clean target area before it (noise.rs), once noise was turned on.
+    has_target_area: bool,
 }
 
 fn alloc<B: Backend>(backend: &mut B, len: usize) -> Result<Region> {
@@ -159,6 +166,8 @@ impl<B: Backend> Network<B> {
             constraints: Constraints::default(),
             constraint_buffers: None,
             graphs: graphs::StepGraphs::default(),
+            noise: None,
+            has_target_area: false,
         })
     }
 

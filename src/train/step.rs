@@ -5,6 +5,9 @@
 //!   decoder  g_L = h_L, g_i     = f_dec_i(g_{i+1}·W_iᵀ + c_i)         g_i is (n, d_i)
 //!   loss     mean over all n·d_0 elements of (g_0 − x)²
 //!
+//! (A denoising run feeds the encoder a corrupted x̃ and keeps the loss on the clean x: h_0 = x̃, and the
+//! loss is the mean of (g_0 − x)²; noise.rs.)
+//!
 //! Backward, the decoder from the output inward, then the encoder from the code outward, with dz the
 //! gradient at a layer's pre-activation:
 //!
@@ -73,15 +76,30 @@ impl<B: Backend> Network<B> {
         };
         let start = step * batch_size;
         let n = batch_size.min(rows - start);
-        self.forward(DataSet::Train, start, n)?;
-        self.backward(n, losses.sub(step, 1))?;
+        let target = self.forward_train(start, n)?;
+        self.backward(n, target, losses.sub(step, 1))?;
         self.optimizer_step(alphas.sub(step, 1))
     }
 
-    /// Forward pass of rows `order[start .. start + n]` of the data set: fills every h_i and g_i.
-    pub(super) fn forward(&mut self, which: DataSet, start: usize, n: usize) -> Result<()> {
-        // x = h_0: the batch's rows, gathered (data.rs).
-        self.load_batch(which, start, n)?;
+    /// The forward pass of a training batch, corrupted when noise is on (noise.rs); returns the rows the
+    /// loss compares the reconstruction with: the clean rows, which are x itself without noise.
+    fn forward_train(&mut self, start: usize, n: usize) -> Result<Region> {
+        let corrupt = self.corrupts();
+        self.forward(DataSet::Train, start, n, corrupt)?;
+        Ok(if corrupt { self.target(n) } else { self.x(n) })
+    }
+
+    /// Forward pass of rows `order[start .. start + n]` of the data set, with noise when `corrupt` (a
+    /// training batch with noise on): fills every h_i and g_i.
+    pub(super) fn forward(
+        &mut self,
+        which: DataSet,
+        start: usize,
+        n: usize,
+        corrupt: bool,
+    ) -> Result<()> {
+        // x = h_0: the batch's rows, gathered (data.rs), and corrupted (noise.rs).
+        self.load_batch(which, start, n, corrupt)?;
         let w = self.spec.widths.clone();
         // Encoder: h_{i+1} = f(h_i·W_i + b_i). h_i is (n, d_i), W_i is (d_i, d_{i+1}).
         for i in 0..self.spec.depth() {
@@ -108,17 +126,18 @@ impl<B: Backend> Network<B> {
         Ok(())
     }
 
-    /// Backward pass for the batch of `n` rows last run forward; writes the whole gradient buffer and the
-    /// batch's summed squared error into `loss_slot`.
-    fn backward(&mut self, n: usize, loss_slot: Region) -> Result<()> {
+    /// Backward pass for the batch of `n` rows last run forward, whose reconstruction the loss compares with
+    /// `target` (x, or the clean rows of a corrupted x); writes the whole gradient buffer and the batch's
+    /// summed squared error into `loss_slot`.
+    fn backward(&mut self, n: usize, target: Region, loss_slot: Region) -> Result<()> {
         let w = self.spec.widths.clone();
         let depth = self.spec.depth();
-        let (x, recon) = (self.x(n), self.g(0, n));
+        let recon = self.g(0, n);
         // dL/d(pre-activation of the output layer), with the output activation folded in.
         let out_delta = self.dz_dec(0, n);
         let out_act = self.spec.decoder_activation(0);
         self.backend
-            .mse_backward(recon, x, out_act, n * w[0], out_delta, loss_slot)?;
+            .mse_backward(recon, target, out_act, n * w[0], out_delta, loss_slot)?;
         // Decoder, from the output inward. dz is (n, d_i), g_{i+1} is (n, d_{i+1}), W_i is (d_i, d_{i+1}).
         for i in 0..depth {
             let (dz, g_in) = (self.dz_dec(i, n), self.g(i + 1, n));
@@ -193,12 +212,13 @@ impl<B: Backend> Network<B> {
     }
 
     /// Computes the loss and the full gradient for rows `order[start .. start + n]` without updating
-    /// anything. Returns the mean squared error. Used by gradient checks and tests.
+    /// anything, with the training steps' noise (if any). Returns the mean squared error. Used by gradient
+    /// checks and tests.
     pub fn loss_and_gradient(&mut self, start: usize, n: usize) -> Result<f64> {
         assert!(n <= self.max_batch, "batch larger than max_batch");
         let slot = self.data().step_losses.prefix(1);
-        self.forward(DataSet::Train, start, n)?;
-        self.backward(n, slot)?;
+        let target = self.forward_train(start, n)?;
+        self.backward(n, target, slot)?;
         let mut sum = [B::Scalar::zero()];
         self.backend.download(slot, &mut sum)?;
         Ok(sum[0].to_f64() / (n * self.spec.input_width()) as f64)

@@ -3,8 +3,8 @@
 
 use tiedae::activation::Activation;
 use tiedae::backend::{
-    AdamConfig, Backend, BufId, CpuBackend, Gemm, GraphId, HalfFormat, HalfId, IdxId, IdxRegion,
-    Region,
+    AdamConfig, Backend, BufId, CpuBackend, Donors, Gemm, GraphId, HalfFormat, HalfId, IdxId,
+    IdxRegion, NoiseSource, Region,
 };
 use tiedae::error::{Error, Result};
 
@@ -156,6 +156,20 @@ impl Backend for Recorder {
     ) -> Result<()> {
         self.touch(&[data, out]);
         self.op(move |c| c.gather_rows(data, cols, idx, out))
+    }
+    fn corrupt_rows(
+        &mut self,
+        clean: Region,
+        cols: usize,
+        idx: IdxRegion,
+        source: NoiseSource,
+        out: Region,
+    ) -> Result<()> {
+        self.touch(&[clean, out, source.fill]);
+        if let Donors::F32(data) = source.donors {
+            self.touch(&[data]);
+        }
+        self.op(move |c| c.corrupt_rows(clean, cols, idx, source, out))
     }
     fn gemm(&mut self, g: Gemm, a: Region, b: Region, c: Region) -> Result<()> {
         self.touch(&[a, b, c]);

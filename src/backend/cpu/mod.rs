@@ -13,7 +13,8 @@
 //! for the widest vectors, tanh without libm), `pool.rs` (the threads), `isa.rs` (which instruction set runs).
 
 use super::{
-    AdamConfig, Backend, BufId, Gemm, GemmArgs, HalfFormat, HalfId, IdxId, IdxRegion, Region,
+    AdamConfig, Backend, BufId, Gemm, GemmArgs, HalfFormat, HalfId, IdxId, IdxRegion, NoiseSource,
+    Region,
 };
 use crate::activation::Activation;
 use crate::error::Result;
@@ -27,6 +28,7 @@ mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod isa;
 mod loss;
+mod noise;
 mod optim;
 mod pool;
 mod reduce;
@@ -275,6 +277,18 @@ impl<T: Real> Backend for CpuBackend<T> {
         out: Region,
     ) -> Result<()> {
         self.gather_rows(data, cols, idx, out)
+    }
+
+    // noise.rs, twin of kernels/noise.cu
+    fn corrupt_rows(
+        &mut self,
+        clean: Region,
+        cols: usize,
+        idx: IdxRegion,
+        source: NoiseSource,
+        out: Region,
+    ) -> Result<()> {
+        self.corrupt_rows(clean, cols, idx, source, out)
     }
 
     // gemm.rs, twin of kernels/gemm.cu

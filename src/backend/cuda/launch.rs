@@ -21,7 +21,7 @@ use cudarc::driver::{
 use super::device::{device_error, guarded};
 use super::CudaBackend;
 use crate::activation::Activation;
-use crate::backend::HalfFormat;
+use crate::backend::{HalfFormat, NoiseParams};
 use crate::error::{Error, Result};
 
 /// A device address, as a kernel's pointer parameter receives it.
@@ -64,6 +64,34 @@ impl PtxParam for KernelAdamConfig {
     const PTX: &'static str = ".align 4 .b8[12]";
 }
 
+/// The noise's thresholds and sigma as `corrupt_rows` receives them: the layout of `struct NoiseConfig` in
+/// noise.cu, the values of [`NoiseParams`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KernelNoiseConfig {
+    pub swap_below: u32,
+    pub mask_below: u32,
+    pub sigma: f32,
+}
+
+impl From<NoiseParams> for KernelNoiseConfig {
+    fn from(p: NoiseParams) -> Self {
+        KernelNoiseConfig {
+            swap_below: p.swap_below,
+            mask_below: p.mask_below,
+            sigma: p.sigma,
+        }
+    }
+}
+
+// SAFETY: two u32 and an f32 in C layout, the same size (12), alignment (4) and field order as `NoiseConfig`
+// in noise.cu (the PTX declares it `.align 4 .b8[12]`, which the signature test checks).
+unsafe impl DeviceRepr for KernelNoiseConfig {}
+
+impl PtxParam for KernelNoiseConfig {
+    const PTX: &'static str = ".align 4 .b8[12]";
+}
+
 /// A kernel's whole parameter list: a tuple of [`PtxParam`]s.
 pub(super) trait KernelParams {
     /// Each parameter's PTX declaration, in order.
@@ -91,6 +119,8 @@ kernel_params!(A.0, B.1, C.2, D.3, E.4);
 kernel_params!(A.0, B.1, C.2, D.3, E.4, F.5);
 kernel_params!(A.0, B.1, C.2, D.3, E.4, F.5, G.6);
 kernel_params!(A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8);
+kernel_params!(A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9);
+kernel_params!(A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9, K.10);
 kernel_params!(A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9, K.10, L.11);
 kernel_params!(A.0, B.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9, K.10, L.11, M.12, N.13);
 
@@ -196,6 +226,15 @@ kernels! {
     gather_rows_half in "data": (DevPtr, DevPtr, DevPtr, u64, u64, u64, u32);
     /// (u32* order, u32 rows, u64 key)
     shuffle_order in "data": (DevPtr, u32, u64);
+    /// (const float* clean, const float* donors, const u32* idx, const float* fill, const u32* key, float* out,
+    /// u64 rows, u64 cols, u32 donor_rows, NoiseConfig cfg)
+    corrupt_rows in "noise": (
+        DevPtr, DevPtr, DevPtr, DevPtr, DevPtr, DevPtr, u64, u64, u32, KernelNoiseConfig,
+    );
+    /// `corrupt_rows`'s with `const u16* donors` and a last `u32 format`.
+    corrupt_rows_half in "noise": (
+        DevPtr, DevPtr, DevPtr, DevPtr, DevPtr, DevPtr, u64, u64, u32, KernelNoiseConfig, u32,
+    );
     /// (float* m, u64 n, float scale, float shift)
     diagonal_affine in "constraints": (DevPtr, u64, f32, f32);
     /// (const float* x, double* partials, u64 n)

@@ -27,7 +27,8 @@ use cudarc::driver::{CudaContext, CudaGraph, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    AdamConfig, Backend, BufId, Gemm, GraphId, HalfFormat, HalfId, IdxId, IdxRegion, Region,
+    AdamConfig, Backend, BufId, Gemm, GraphId, HalfFormat, HalfId, IdxId, IdxRegion, NoiseSource,
+    Region,
 };
 use crate::activation::Activation;
 use crate::error::Result;
@@ -41,6 +42,7 @@ mod graphs;
 mod launch;
 mod loss;
 mod memory;
+mod noise;
 mod optim;
 mod reduce;
 
@@ -258,6 +260,18 @@ impl Backend for CudaBackend {
         out: Region,
     ) -> Result<()> {
         self.gather_rows(data, cols, idx, out)
+    }
+
+    // noise.rs, launches of kernels/noise.cu
+    fn corrupt_rows(
+        &mut self,
+        clean: Region,
+        cols: usize,
+        idx: IdxRegion,
+        source: NoiseSource,
+        out: Region,
+    ) -> Result<()> {
+        self.corrupt_rows(clean, cols, idx, source, out)
     }
 
     // gemm.rs, launches of kernels/gemm.cu
