@@ -27,8 +27,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tiedae::activation::Activation;
 use tiedae::backend::cuda::{self, CudaBackend, GemmKernel};
+use tiedae::backend::noise::threshold;
 use tiedae::backend::shuffle::fill_order;
-use tiedae::backend::{AdamConfig, Backend, CpuBackend, Gemm, IdxRegion, Region, Trans};
+use tiedae::backend::{
+    AdamConfig, Backend, CpuBackend, Donors, Gemm, HalfFormat, IdxRegion, NoiseParams, NoiseSource,
+    Region, Trans,
+};
 
 const PAD: usize = 5;
 
@@ -697,6 +701,135 @@ fn shuffle_order_matches_cpu() {
         let order: Vec<u32> = got[..rows].iter().map(|&v| v as u32).collect();
         assert_eq!(order, want, "{rows} rows");
         assert!(got[rows].is_nan(), "{rows} rows: wrote past the order");
+    }
+}
+
+// ----------------------------------------------------------------------------------------------------- noise
+
+/// corrupt_rows on `be`: `clean` (idx.len() rows of `cols`) with the noise of `params` under `key`, donors
+/// from `donors` (f32 values, or the bits of `half` 16-bit floats); every region padded with NaN and at an
+/// offset, the output checked for writes past it.
+#[allow(clippy::too_many_arguments)]
+fn corrupt_on<B: Backend<Scalar = f32>>(
+    be: &mut B,
+    clean: &[f32],
+    cols: usize,
+    idx: &[u32],
+    donors: &[f32],
+    half: Option<(HalfFormat, &[u16])>,
+    fill: &[f32],
+    key: [u32; 3],
+    params: NoiseParams,
+) -> Vec<f32> {
+    let c = put(be, clean);
+    let f = put(be, fill);
+    let (donors, donor_rows) = match half {
+        None => (Donors::F32(put(be, donors)), donors.len() / cols),
+        Some((format, bits)) => {
+            let id = be.alloc_half(bits.len()).unwrap();
+            be.upload_half(id, bits).unwrap();
+            (Donors::Half(id, format), bits.len() / cols)
+        }
+    };
+    let offset = 2;
+    let ib = be.alloc_indices(offset + idx.len()).unwrap();
+    be.upload_indices(ib, offset, idx).unwrap();
+    let kb = be.alloc_indices(offset + 3).unwrap();
+    be.upload_indices(kb, offset, &key).unwrap();
+    let out = nans(be, clean.len());
+    let source = NoiseSource {
+        donors,
+        donor_rows,
+        fill: f,
+        key: IdxRegion {
+            buf: kb,
+            offset,
+            len: 3,
+        },
+        params,
+    };
+    let batch = IdxRegion {
+        buf: ib,
+        offset,
+        len: idx.len(),
+    };
+    be.corrupt_rows(c, cols, batch, source, out).unwrap();
+    take(be, out, "corrupt_rows")
+}
+
+/// The GPU draws the same noise as the CPU, bit for bit (the generator uses only IEEE operations rounded
+/// once, see src/backend/noise.rs): every noise at once and each alone, f32 and 16-bit donors, a batch of
+/// more rows than a grid's y dimension, rows out of range.
+#[test]
+fn corrupt_rows_matches_cpu() {
+    let Some(mut gpu) = gpu_backend("corrupt_rows_matches_cpu") else {
+        return;
+    };
+    let all = NoiseParams {
+        swap_below: threshold(0.15),
+        mask_below: threshold(0.1),
+        sigma: 0.5,
+    };
+    let gauss = NoiseParams {
+        sigma: 1.0,
+        ..Default::default()
+    };
+    let swap = NoiseParams {
+        swap_below: threshold(0.5),
+        ..Default::default()
+    };
+    let swap_all = NoiseParams {
+        swap_below: threshold(1.0),
+        ..Default::default()
+    };
+    for &(rows, cols, donor_rows, params) in &[
+        (256usize, 784usize, 1797usize, all),
+        (13, 300, 40, all),
+        (1, 1, 2, swap_all),
+        (70_000, 3, 100, gauss),
+        (64, 64, 1797, swap),
+    ] {
+        let clean = values(rows as u64, rows * cols, -2.0, 2.0);
+        let donors = values(cols as u64 + 7, donor_rows * cols, 5.0, 9.0);
+        let fill = values(3, cols, 20.0, 21.0);
+        let mut idx: Vec<u32> = (0..rows)
+            .map(|i| ((i * 7919 + 3) % donor_rows) as u32)
+            .collect();
+        idx[0] = donor_rows as u32; // out of range: its donors are still inside the set
+        let half_bits: Vec<u16> = donors
+            .iter()
+            .map(|&x| HalfFormat::Bf16.encode(x / 16.0).unwrap())
+            .collect();
+        for half in [None, Some((HalfFormat::Bf16, half_bits.as_slice()))] {
+            for key in [[42, 0, 1], [0xdead_beef, 0x1234_5678, 17]] {
+                let want = corrupt_on(
+                    &mut cpu(),
+                    &clean,
+                    cols,
+                    &idx,
+                    &donors,
+                    half,
+                    &fill,
+                    key,
+                    params,
+                );
+                let got = corrupt_on(
+                    &mut gpu, &clean, cols, &idx, &donors, half, &fill, key, params,
+                );
+                let what = format!(
+                    "corrupt_rows {rows}×{cols} of {donor_rows}, {params:?}, half {}",
+                    half.is_some()
+                );
+                let differ = (0..want.len())
+                    .filter(|&i| got[i].to_bits() != want[i].to_bits())
+                    .count();
+                assert_eq!(differ, 0, "{what}: {differ} cells differ from the CPU's");
+                assert!(
+                    want.iter().zip(&clean).any(|(w, c)| w != c),
+                    "{what}: no noise"
+                );
+            }
+        }
     }
 }
 

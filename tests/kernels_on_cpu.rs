@@ -157,6 +157,125 @@ fn shuffle_kernel_on_cpu_gives_the_rust_twins_order() {
     }
 }
 
+/// kernels/noise.cu's corrupt_rows and corrupt_rows_half give, bit for bit, what the Rust twin
+/// (`CpuBackend::corrupt_rows`, which a data set kept on the host uses too) gives on the same inputs: every
+/// noise at once, f16 and bf16 donors, capped grids, a set of one and of two rows, rows out of range, 80 000
+/// Gaussian draws, noise off and an empty batch. The program itself checks its guards and that donors are read
+/// only inside the set.
+#[test]
+fn noise_kernel_on_cpu_gives_the_rust_twins_bits() {
+    use tiedae::backend::{Backend, CpuBackend, Donors, HalfFormat, IdxRegion, NoiseParams};
+    use tiedae::backend::{NoiseSource, Region};
+    let Some(out) = build_and_run_with("noise_checks", &[]) else {
+        return;
+    };
+    let hex = |line: &str, name: &str| -> Vec<u32> {
+        let values = line
+            .strip_prefix(name)
+            .and_then(|l| l.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("expected '{name}:', got {:.60}", line));
+        values
+            .split_whitespace()
+            .map(|v| u32::from_str_radix(v, 16).unwrap())
+            .collect()
+    };
+    let floats = |bits: Vec<u32>| -> Vec<f32> { bits.into_iter().map(f32::from_bits).collect() };
+    let lines: Vec<&str> = out.lines().collect();
+    let mut cases = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let Some(head) = line.strip_prefix("case ") else {
+            continue;
+        };
+        let f: Vec<&str> = head.split_whitespace().collect();
+        let num = |k: usize| -> u64 { f[k].parse().unwrap() };
+        let word = |k: usize| -> u32 { u32::from_str_radix(f[k], 16).unwrap() };
+        let (rows, cols, donor_rows) = (num(0) as usize, num(1) as usize, num(2) as usize);
+        let params = NoiseParams {
+            swap_below: num(4) as u32,
+            mask_below: num(5) as u32,
+            sigma: f32::from_bits(word(6)),
+        };
+        let key = [word(7), word(8), word(9)];
+        let clean = floats(hex(lines[i + 1], "clean"));
+        let donors = hex(lines[i + 2], "donors");
+        let idx = hex(lines[i + 3], "idx");
+        let fill = floats(hex(lines[i + 4], "fill"));
+        let want = hex(lines[i + 5], "out");
+        let mut cpu = CpuBackend::<f32>::new();
+        let put = |cpu: &mut CpuBackend<f32>, v: &[f32]| {
+            let r = Region::whole(cpu.alloc(v.len()).unwrap(), v.len());
+            cpu.upload(r, v).unwrap();
+            r
+        };
+        let (clean_r, fill_r) = (put(&mut cpu, &clean), put(&mut cpu, &fill));
+        let out_r = put(&mut cpu, &vec![f32::NAN; rows * cols]);
+        let donors = match f[3] {
+            "f32" => Donors::F32(put(&mut cpu, &floats(donors))),
+            half => {
+                let id = cpu.alloc_half(donors.len()).unwrap();
+                let bits: Vec<u16> = donors.iter().map(|&b| b as u16).collect();
+                cpu.upload_half(id, &bits).unwrap();
+                let format = if half == "f16" {
+                    HalfFormat::F16
+                } else {
+                    HalfFormat::Bf16
+                };
+                Donors::Half(id, format)
+            }
+        };
+        let idx_buf = cpu.alloc_indices(rows.max(1)).unwrap();
+        cpu.upload_indices(idx_buf, 0, &idx).unwrap();
+        let key_buf = cpu.alloc_indices(3).unwrap();
+        cpu.upload_indices(key_buf, 0, &key).unwrap();
+        let source = NoiseSource {
+            donors,
+            donor_rows,
+            fill: fill_r,
+            key: IdxRegion {
+                buf: key_buf,
+                offset: 0,
+                len: 3,
+            },
+            params,
+        };
+        let batch = IdxRegion {
+            buf: idx_buf,
+            offset: 0,
+            len: rows,
+        };
+        cpu.corrupt_rows(clean_r, cols, batch, source, out_r)
+            .unwrap();
+        let mut got = vec![0.0f32; rows * cols];
+        cpu.download(out_r, &mut got).unwrap();
+        assert_eq!(want.len(), rows * cols, "{line}: output size");
+        let differ: Vec<usize> = (0..want.len())
+            .filter(|&k| got[k].to_bits() != want[k])
+            .collect();
+        if let Some(&k) = differ.first() {
+            panic!(
+                "{line}: {} of {} cells differ; first at {k}: kernel {:e} ({:#x}), Rust {:e} ({:#x})",
+                differ.len(),
+                want.len(),
+                f32::from_bits(want[k]),
+                want[k],
+                got[k],
+                got[k].to_bits()
+            );
+        }
+        if (params.sigma != 0.0 || params.swap_below != 0) && !want.is_empty() {
+            let changed = (0..want.len())
+                .filter(|&k| want[k] != clean[k].to_bits())
+                .count();
+            assert!(
+                changed > 0 || donor_rows < 2,
+                "{line}: noise changed nothing"
+            );
+        }
+        cases += 1;
+    }
+    assert_eq!(cases, 10, "cases printed:\n{out:.2000}");
+}
+
 /// kernels/constraints.cu: diagonal_affine, sum_squares (with mse_finalize), div_by_sqrt, normalize_columns
 /// and center_columns.
 #[test]
