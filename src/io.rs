@@ -5,8 +5,8 @@
 //!   decoder.{i}.bias    f32 (d_i)
 //!   normalization.shift, normalization.scale  f32 (d_0)   x' = (x − shift)·scale, applied before the model
 //! and the rest of what the model needs in the safetensors metadata (string → string): the format and its
-//! version, widths, activations, normalization kind, feature names and ignored columns. There is no decoder
-//! kernel, in memory or on disk.
+//! version, widths, activations, normalization kind, feature names and ignored columns, and the noise of a
+//! denoising run (`noise`, only when there was any). There is no decoder kernel, in memory or on disk.
 //!
 //! Every file is written to a temporary file beside the target and renamed over it only once complete, so
 //! a failed run leaves an existing file exactly as it was (`files.rs`). Since format version 2 a file
@@ -19,7 +19,7 @@ use crate::data::{ColumnSelector, Normalization, NormalizeKind};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::optim::Optimizer;
-use crate::train::{Constraints, DataType, FitState, OptimizerState};
+use crate::train::{Constraints, DataType, FitState, Noise, OptimizerState};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -65,6 +65,9 @@ pub struct ModelFile {
     pub training: BTreeMap<String, String>,
     /// What `train --resume` needs to continue exactly where the run stopped.
     pub checkpoint: Option<Checkpoint>,
+    /// The noise its training inputs got (`--noise`): off for a plain autoencoder, and for files from before
+    /// the flag. Stored as the metadata key `noise` (`swap:0.15,gaussian:0.05`) when on.
+    pub noise: Noise,
 }
 
 /// The training state saved with a model: the run's settings, where it stands, and the optimizer state.
@@ -116,6 +119,9 @@ pub struct RunSettings {
     /// How the data set is stored on the device (`--data-dtype`); files from before the flag read as f32.
     #[serde(default)]
     pub data_dtype: DataType,
+    /// The noise of the training inputs (`--noise`); files from before the flag read as none.
+    #[serde(default)]
+    pub noise: Noise,
 }
 
 impl RunSettings {
@@ -245,6 +251,9 @@ pub fn save_model(path: &Path, model: &ModelFile) -> Result<()> {
         "training".to_string(),
         serde_json::to_string(&model.training).expect("strings serialize"),
     );
+    if !model.noise.is_off() {
+        meta.insert("noise".to_string(), model.noise.to_string());
+    }
     if let Some(ck) = &model.checkpoint {
         let ck_meta = CheckpointMeta {
             settings: ck.settings.clone(),
@@ -544,6 +553,10 @@ pub fn load_model_verified(path: &Path) -> Result<(ModelFile, Integrity)> {
     }
     let ignore: Vec<String> = serde_json::from_str(get("ignore_columns")?)
         .map_err(|e| bad("ignore_columns", e.to_string()))?;
+    let noise = match meta.get("noise").map(|s| s.trim()) {
+        None | Some("none") => Noise::default(),
+        Some(text) => Noise::from_flags(&[text]).map_err(|e| bad("noise", e.to_string()))?,
+    };
     let training = match meta.get("training") {
         Some(s) => serde_json::from_str(s).map_err(|e| bad("training", e.to_string()))?,
         None => BTreeMap::new(),
@@ -592,6 +605,7 @@ pub fn load_model_verified(path: &Path) -> Result<(ModelFile, Integrity)> {
         ignore: ignore.iter().map(|s| ColumnSelector::parse(s)).collect(),
         training,
         checkpoint,
+        noise,
     };
     Ok((model, integrity))
 }

@@ -137,6 +137,7 @@ fn valid_model_bytes() -> Vec<u8> {
         ignore: parse_selectors("id"),
         training: Default::default(),
         checkpoint: None,
+        noise: Default::default(),
         spec,
     };
     let path = temp("valid.safetensors");

@@ -213,6 +213,14 @@ pub fn summary(path: &Path) -> Result<()> {
         spec.input_width(),
         model.normalization.kind.as_str()
     );
+    if model.noise.is_off() {
+        println!("Training noise: none");
+    } else {
+        println!(
+            "Training noise: {} (a denoising autoencoder: its training inputs were corrupted, its loss compared with the clean rows)",
+            model.noise
+        );
+    }
     for (k, v) in &model.training {
         println!("  {k}: {v}");
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tiedae::activation::Activation;
 use tiedae::data::{parse_selectors, NormalizeKind};
 use tiedae::optim::Optimizer;
-use tiedae::train::{Constraints, DataType, EpochReport, FitEnd, Placement, GRAPH_STEPS};
+use tiedae::train::{Constraints, DataType, EpochReport, FitEnd, Noise, Placement, GRAPH_STEPS};
 use tiedae::workflow::train::{
     train as train_run, GivenSettings, NewRun, Notice, ResumeRun, RunSource, TrainObserver,
     TrainPlan, TrainRequest,
@@ -93,6 +93,12 @@ pub struct TrainArgs {
     /// Project every kernel column to norm 1 after each step.
     #[arg(long)]
     unit_norm: bool,
+    /// A denoising autoencoder: corrupt each training batch's inputs (the loss compares with the clean rows)
+    /// with swap:P (a cell takes the same column's value from another random row, with probability P),
+    /// mask:P (a cell becomes 0, in normalized units) or gaussian:SIGMA (added to every cell); repeat the
+    /// flag to combine them, applied as swap, then mask, then gaussian.
+    #[arg(long, action = clap::ArgAction::Append)]
+    noise: Vec<String>,
     /// Append one JSON line per epoch: epoch, loss, val_loss, seconds, samples_per_s.
     #[arg(long)]
     metrics: Option<PathBuf>,
@@ -129,6 +135,9 @@ fn request(a: TrainArgs) -> Result<TrainRequest> {
     let patience = a.patience.map(|p| positive("--patience", p)).transpose()?;
     let layers = a.layers.as_deref().map(parse_layers).transpose()?;
     let ignore = a.ignore_columns.as_deref().map(parse_selectors);
+    let noise = (!a.noise.is_empty())
+        .then(|| Noise::from_flags(&a.noise))
+        .transpose()?;
     let run = match a.resume {
         Some(from) => RunSource::Resume(Box::new(ResumeRun {
             from,
@@ -153,6 +162,7 @@ fn request(a: TrainArgs) -> Result<TrainRequest> {
                 uncorrelated: a.uncorrelated,
                 unit_norm: a.unit_norm.then_some(true),
                 data_dtype: a.data_dtype,
+                noise,
             },
             other_data: a.resume_with_other_data,
         })),
@@ -186,6 +196,7 @@ fn request(a: TrainArgs) -> Result<TrainRequest> {
                     unit_norm: a.unit_norm,
                 },
                 data_dtype: a.data_dtype.unwrap_or(DataType::F32),
+                noise: noise.unwrap_or_default(),
             }))
         }
     };
@@ -274,8 +285,13 @@ impl TrainObserver for Printer {
             format!("{} rows", plan.train_rows)
         };
         let start = &plan.start;
+        let noise = if plan.noise.is_off() {
+            String::new()
+        } else {
+            format!(", denoising ({})", plan.noise)
+        };
         self.say(&format!(
-            "training {} on {rows_note} × {} features, {}, {}{}",
+            "training {} on {rows_note} × {} features{noise}, {}, {}{}",
             plan.widths
                 .iter()
                 .map(|w| w.to_string())

@@ -36,7 +36,7 @@ impl Noise {
     }
 
     /// The noise of `--noise` flags, each `swap:P`, `mask:P` or `gaussian:SIGMA` (a flag may hold several,
-    /// comma-separated); a kind given twice is an error.
+    /// comma-separated; 0 is off); a kind given twice is an error.
     pub fn from_flags<S: AsRef<str>>(items: &[S]) -> Result<Noise> {
         let bad = |msg: String| Error::flag("--noise", msg);
         let mut noise = Noise::default();
@@ -67,21 +67,29 @@ impl Noise {
                 return Err(bad(format!("{kind} is given twice")));
             }
             seen[which] = true;
-            let ok = if which == 2 {
-                v.is_finite() && v > 0.0
-            } else {
-                v > 0.0 && v <= 1.0
-            };
-            if !ok {
-                return Err(bad(if which == 2 {
-                    format!("gaussian:{value}: sigma must be a number > 0")
-                } else {
-                    format!("{kind}:{value}: the probability must be in (0, 1]")
-                }));
-            }
             *slot = v;
         }
+        noise.check()?;
         Ok(noise)
+    }
+
+    /// Fails (naming `--noise`) unless each probability is in [0, 1] and sigma is finite and ≥ 0 (0: off).
+    pub fn check(&self) -> Result<()> {
+        for (kind, p) in [("swap", self.swap), ("mask", self.mask)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Error::flag(
+                    "--noise",
+                    format!("{kind}:{p}: the probability must be in [0, 1]"),
+                ));
+            }
+        }
+        if !(self.gaussian.is_finite() && self.gaussian >= 0.0) {
+            return Err(Error::flag(
+                "--noise",
+                format!("gaussian:{}: sigma must be a number ≥ 0", self.gaussian),
+            ));
+        }
+        Ok(())
     }
 
     /// What the noise op receives.

@@ -143,6 +143,7 @@ pub(super) fn new_run(a: &NewRun, request: &TrainRequest) -> Result<PreparedRun>
             return Err(Error::flag(flag, format!("must be a number ≥ 0, got {v}")));
         }
     }
+    a.noise.check()?;
     let mut inputs: Vec<(&'static str, &Path)> = vec![("--data", &a.data)];
     if let Some(init) = &a.init {
         inputs.push(("--init", init));
@@ -176,6 +177,7 @@ pub(super) fn new_run(a: &NewRun, request: &TrainRequest) -> Result<PreparedRun>
         uncorrelated: a.constraints.uncorrelated,
         unit_norm: a.constraints.unit_norm,
         data_dtype: a.data_dtype,
+        noise: a.noise,
     };
     let (device, device_need) = check_sizes(request, &settings, &spec.widths, &data)?;
     let mut notices = Vec::new();
@@ -324,7 +326,8 @@ fn check_given(g: &GivenSettings, m: &ModelFile, s: &RunSettings, from: &Path) -
         g.data_dtype.map(|d| d.as_str()),
         s.data_dtype.as_str(),
         from,
-    )
+    )?;
+    same("--noise", g.noise, s.noise, from)
 }
 
 /// A run continued from the checkpoint in `a.from`, to `request.epochs` epochs in all; its settings come

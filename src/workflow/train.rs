@@ -22,7 +22,7 @@ use crate::model::ModelSpec;
 use crate::optim::Optimizer;
 use crate::train::{
     Constraints, DataOptions, DataSet, DataType, EpochReport, FitEnd, FitOptions, FitOutcome,
-    FitState, Network, OptimizerState, Placement, Stop, TrainConfig,
+    FitState, Network, Noise, OptimizerState, Placement, Stop, TrainConfig,
 };
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -83,6 +83,9 @@ pub struct NewRun {
     pub patience: Option<usize>,
     pub constraints: Constraints,
     pub data_dtype: DataType,
+    /// The noise of the training inputs (a denoising autoencoder; off: a plain one). The loss, the
+    /// validation loss and `eval` compare with the clean rows.
+    pub noise: Noise,
 }
 
 /// A run to continue (`tiedae train --resume …`): its settings come from the checkpoint.
@@ -125,6 +128,7 @@ pub struct GivenSettings {
     pub uncorrelated: Option<f32>,
     pub unit_norm: Option<bool>,
     pub data_dtype: Option<DataType>,
+    pub noise: Option<Noise>,
 }
 
 /// What a run will do, known once its data is loaded (see [`TrainObserver::prepared`]).
@@ -142,6 +146,8 @@ pub struct TrainPlan {
     /// Where the run starts (after the epochs and steps a resumed run already did).
     pub start: FitState,
     pub out: PathBuf,
+    /// The noise of the training inputs (off for a plain autoencoder).
+    pub noise: Noise,
 }
 
 /// Something worth telling about how a run goes.
@@ -271,6 +277,7 @@ pub fn train(
         epochs,
         start: state.clone(),
         out: out.clone(),
+        noise: settings.noise,
     };
     observer.prepared(&plan)?;
     let saver = Saver {
@@ -378,6 +385,7 @@ impl Saver<'_> {
             feature_names: self.feature_names.to_vec(),
             ignore: self.ignore.to_vec(),
             training,
+            noise: self.settings.noise,
             checkpoint: Some(Checkpoint {
                 settings: self.settings.clone(),
                 state: st.clone(),
@@ -430,6 +438,8 @@ impl Run<'_> {
         if let Some(opt) = self.optimizer_state {
             net.restore_optimizer_state(opt)?;
         }
+        // Before the data: a set kept on the host is staged with room for the clean rows.
+        net.set_noise(self.saver.settings.noise)?;
         let graphs = request.cuda_graphs && net.set_graphs(true);
         let options = DataOptions::new(self.saver.settings.data_dtype, request.data_on);
         let placed = net.set_data(DataSet::Train, &split.train, split.train_rows, options)?;
