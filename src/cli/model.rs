@@ -32,6 +32,10 @@ pub struct EncodeArgs {
     /// code_{k-1}; `-` for standard output.
     #[arg(long)]
     out: PathBuf,
+    /// Write every encoder layer's activations, concatenated (l0_0 … l0_{d1-1}, l1_0 …, the code last),
+    /// instead of the code alone: features for a downstream model.
+    #[arg(long)]
+    all_layers: bool,
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
 }
@@ -111,17 +115,17 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
         data: a.data,
         device: a.device,
     };
-    let w = infer::encode(&request, &a.out)?;
+    let w = infer::encode(&request, &a.out, a.all_layers)?;
     notes(&w.notes);
-    say(
-        &a.out,
-        &format!(
-            "{} codes of width {} written to {}",
-            w.rows,
-            w.width,
-            shown(&a.out)
-        ),
-    );
+    let what = if a.all_layers {
+        format!(
+            "{} rows of {} activations (every encoder layer)",
+            w.rows, w.width
+        )
+    } else {
+        format!("{} codes of width {}", w.rows, w.width)
+    };
+    say(&a.out, &format!("{what} written to {}", shown(&a.out)));
     Ok(())
 }
 

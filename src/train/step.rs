@@ -100,6 +100,12 @@ impl<B: Backend> Network<B> {
     ) -> Result<()> {
         // x = h_0: the batch's rows, gathered (data.rs), and corrupted (noise.rs).
         self.load_batch(which, start, n, corrupt)?;
+        self.encode(n)?;
+        self.decode(n)
+    }
+
+    /// The encoder on the n rows in h_0: fills h_1 … h_L.
+    pub(super) fn encode(&mut self, n: usize) -> Result<()> {
         let w = self.spec.widths.clone();
         // Encoder: h_{i+1} = f(h_i·W_i + b_i). h_i is (n, d_i), W_i is (d_i, d_{i+1}).
         for i in 0..self.spec.depth() {
@@ -109,7 +115,7 @@ impl<B: Backend> Network<B> {
             self.backend
                 .gemm_bias_act(g, h_in, self.kernel(i), h_out, self.enc_bias(i), act)?;
         }
-        self.decode(n)
+        Ok(())
     }
 
     /// The decoder on the codes in h_L, n rows: fills g_{L−1} … g_0.

@@ -1,5 +1,5 @@
 //! A trained model run forward over a data file: `eval` (the reconstruction MSE), `encode` (the code of every
-//! row, written to CSV beside the ignored columns) and `reconstruct` (every row rebuilt in the data's own
+//! row, or every encoder layer's activations, written to CSV beside the ignored columns) and `reconstruct` (every row rebuilt in the data's own
 //! units, optionally ranked by its error). The data file's columns are matched to the model's by name
 //! ([`load_csv_for_model`]) and normalized as in training; every path is checked before any work
 //! (`paths.rs`); output files are written atomically, or to standard output for `-`. A result that is not a
@@ -35,7 +35,8 @@ pub fn load_for_model(path: &Path, model: &ModelFile) -> Result<Dataset> {
 /// What one forward pass over a data set produced.
 pub struct Evaluation {
     pub mse: f64,
-    /// (rows, d_L) when asked for.
+    /// (rows, d_L) when asked for; (rows, d_1 + … + d_L), every encoder layer's activations, from
+    /// [`encode_all_layers`].
     pub codes: Vec<f32>,
     /// (rows, d_0), in the normalized space, when asked for.
     pub reconstructions: Vec<f32>,
@@ -45,11 +46,48 @@ pub struct Evaluation {
 /// Batch size for inference: large enough to keep a GPU busy, small enough for any card.
 pub const EVAL_BATCH: usize = 4096;
 
-fn inference_need(model: &ModelFile, rows: usize, want_codes: bool, want_recon: bool) -> Estimate {
-    let keep = (want_codes as u128 * model.spec.code_width() as u128
-        + want_recon as u128 * model.spec.input_width() as u128)
+/// What a forward pass keeps of each row besides the MSE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keep {
+    codes: bool,
+    /// Every encoder layer's activations instead of the code alone.
+    all_layers: bool,
+    recon: bool,
+}
+
+fn inference_need(model: &ModelFile, rows: usize, keep: Keep) -> Estimate {
+    let code_width: usize = if keep.all_layers {
+        model.spec.widths[1..].iter().sum()
+    } else {
+        model.spec.code_width()
+    };
+    let kept = ((keep.codes || keep.all_layers) as u128 * code_width as u128
+        + keep.recon as u128 * model.spec.input_width() as u128)
         * rows as u128;
-    memory::inference_estimate(&model.spec.widths, EVAL_BATCH.min(rows.max(1)), rows, keep)
+    memory::inference_estimate(&model.spec.widths, EVAL_BATCH.min(rows.max(1)), rows, kept)
+}
+
+/// The network of `model` on `backend` with `data` in place, after checking a GPU's free memory.
+fn network_for<B: Backend>(
+    backend: B,
+    model: &ModelFile,
+    data: &Dataset,
+    keep: Keep,
+) -> Result<Network<B>> {
+    if let Some(free) = backend.free_memory() {
+        let need = inference_need(model, data.rows, keep);
+        Estimate {
+            host: Vec::new(),
+            device: need.device,
+        }
+        .check("running the model", Some(free as u64))?;
+    }
+    let batch = EVAL_BATCH.min(data.rows.max(1));
+    let mut net = Network::new(backend, &model.spec, &model.params, batch, None)?;
+    // A data set larger than the GPU's free memory stays on the host, a batch copied up at a time.
+    let options = DataOptions::new(DataType::F32, Placement::Auto);
+    net.set_data(DataSet::Train, &data.values, data.rows, options)?;
+    Ok(net)
 }
 
 /// Runs `model` forward over every row of `data` (already normalized) on `backend`.
@@ -60,20 +98,13 @@ pub fn evaluate<B: Backend>(
     want_codes: bool,
     want_recon: bool,
 ) -> Result<Evaluation> {
-    if let Some(free) = backend.free_memory() {
-        let need = inference_need(model, data.rows, want_codes, want_recon);
-        Estimate {
-            host: Vec::new(),
-            device: need.device,
-        }
-        .check("running the model", Some(free as u64))?;
-    }
     let device = backend.name();
-    let batch = EVAL_BATCH.min(data.rows.max(1));
-    let mut net = Network::new(backend, &model.spec, &model.params, batch, None)?;
-    // A data set larger than the GPU's free memory stays on the host, a batch copied up at a time.
-    let options = DataOptions::new(DataType::F32, Placement::Auto);
-    net.set_data(DataSet::Train, &data.values, data.rows, options)?;
+    let keep = Keep {
+        codes: want_codes,
+        all_layers: false,
+        recon: want_recon,
+    };
+    let mut net = network_for(backend, model, data, keep)?;
     let mut codes = Vec::with_capacity(if want_codes {
         data.rows * model.spec.code_width()
     } else {
@@ -96,6 +127,43 @@ pub fn evaluate<B: Backend>(
     })
 }
 
+/// Runs `model` forward over every row of `data` (already normalized) on `backend`, keeping every encoder
+/// layer's activations: `codes` is (rows, d_1 + … + d_L), each row h_1, then h_2, …, then the code.
+pub fn encode_all_layers<B: Backend>(
+    backend: B,
+    model: &ModelFile,
+    data: &Dataset,
+) -> Result<Evaluation> {
+    let device = backend.name();
+    let keep = Keep {
+        codes: false,
+        all_layers: true,
+        recon: false,
+    };
+    let mut net = network_for(backend, model, data, keep)?;
+    let width: usize = model.spec.widths[1..].iter().sum();
+    let mut codes = vec![0.0f32; data.rows * width];
+    let mse = net.encode_layers(|first, n, layers| {
+        for r in 0..n {
+            let row = &mut codes[(first + r) * width..(first + r + 1) * width];
+            let mut at = 0;
+            for layer in layers {
+                let d = layer.len() / n;
+                for (f, x) in row[at..at + d].iter_mut().zip(&layer[r * d..(r + 1) * d]) {
+                    *f = x.to_f32();
+                }
+                at += d;
+            }
+        }
+    })?;
+    Ok(Evaluation {
+        mse,
+        codes,
+        reconstructions: Vec::new(),
+        device,
+    })
+}
+
 /// A model run over a data file, with what the caller should be told.
 struct Run {
     model: ModelFile,
@@ -106,12 +174,7 @@ struct Run {
 
 /// Checks the paths (`plan` holds the outputs), loads the model and the data file of `request`, checks the
 /// memory it takes, and runs the model forward over every row.
-fn run_model(
-    request: &ModelRequest,
-    plan: PathPlan,
-    want_codes: bool,
-    want_recon: bool,
-) -> Result<(Run, Claim)> {
+fn run_model(request: &ModelRequest, plan: PathPlan, keep: Keep) -> Result<(Run, Claim)> {
     let claim = plan
         .input("--model", &request.model)
         .input("--data", &request.data)
@@ -126,7 +189,7 @@ fn run_model(
     }
     let data = load_for_model(&request.data, &model)?;
     let device = resolve_device(request.device)?;
-    let need = inference_need(&model, data.rows, want_codes, want_recon);
+    let need = inference_need(&model, data.rows, keep);
     if device == super::Device::Cpu {
         need.check("running the model", None)?;
     } else {
@@ -136,9 +199,13 @@ fn run_model(
         }
         .check("running the model", None)?;
     }
-    let result = crate::with_backend!(device, |backend| evaluate(
-        backend, &model, &data, want_codes, want_recon
-    )?);
+    let result = if keep.all_layers {
+        crate::with_backend!(device, |backend| encode_all_layers(backend, &model, &data)?)
+    } else {
+        crate::with_backend!(device, |backend| evaluate(
+            backend, &model, &data, keep.codes, keep.recon
+        )?)
+    };
     let run = Run {
         model,
         data,
@@ -174,7 +241,12 @@ pub struct EvalReport {
 
 /// The reconstruction MSE of a model on a data file.
 pub fn eval(request: &ModelRequest) -> Result<EvalReport> {
-    let (run, _claim) = run_model(request, PathPlan::new(), false, false)?;
+    let keep = Keep {
+        codes: false,
+        all_layers: false,
+        recon: false,
+    };
+    let (run, _claim) = run_model(request, PathPlan::new(), keep)?;
     let mse = run.result.mse;
     if !mse.is_finite() {
         return Err(not_finite(
@@ -228,24 +300,42 @@ fn write_csv(
 }
 
 /// Writes the code of every row to `out` (CSV: the columns other than the model's features as they were,
-/// then `code_0 … code_{k-1}`), a file or `-` for standard output.
-pub fn encode(request: &ModelRequest, out: &Path) -> Result<Written> {
+/// then `code_0 … code_{k-1}`), a file or `-` for standard output; with `all_layers`, every encoder layer's
+/// activations instead, concatenated (`l0_0 … l0_{d1-1}, l1_0 …`, the code last: the features of the Porto
+/// Seguro recipe). `width` is the columns written after the others.
+pub fn encode(request: &ModelRequest, out: &Path, all_layers: bool) -> Result<Written> {
     let plan = PathPlan::new().output_or_stdout("--out", out);
-    let (run, _claim) = run_model(request, plan, true, false)?;
+    let keep = Keep {
+        codes: !all_layers,
+        all_layers,
+        recon: false,
+    };
+    let (run, _claim) = run_model(request, plan, keep)?;
     let Run {
         model,
         data,
         result,
         notes,
     } = run;
-    let k = model.spec.code_width();
+    let names: Vec<String> = if all_layers {
+        model.spec.widths[1..]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &d)| (0..d).map(move |j| format!("l{i}_{j}")))
+            .collect()
+    } else {
+        (0..model.spec.code_width())
+            .map(|j| format!("code_{j}"))
+            .collect()
+    };
+    let k = names.len();
     if let Some(i) = result.codes.iter().position(|c| !c.is_finite()) {
         return Err(not_finite(
             request,
             format!(
-                "a code of {} (code_{} of data row {})",
+                "a code of {} ({} of data row {})",
                 result.codes[i],
-                i % k,
+                names[i % k],
                 i / k + 1
             ),
         ));
@@ -253,7 +343,7 @@ pub fn encode(request: &ModelRequest, out: &Path) -> Result<Written> {
     let n_ignored = data.ignored_names.len();
     write_csv(out, |csv| {
         let mut header: Vec<String> = data.ignored_names.clone();
-        header.extend((0..k).map(|j| format!("code_{j}")));
+        header.extend(names.iter().cloned());
         csv.write_record(&header)?;
         let mut record: Vec<String> = Vec::with_capacity(n_ignored + k);
         for r in 0..data.rows {
@@ -281,7 +371,12 @@ pub fn encode(request: &ModelRequest, out: &Path) -> Result<Written> {
 /// model's normalized units) and number too, worst first. `out` is a file or `-` for standard output.
 pub fn reconstruct(request: &ModelRequest, out: &Path, per_row_error: bool) -> Result<Written> {
     let plan = PathPlan::new().output_or_stdout("--out", out);
-    let (run, _claim) = run_model(request, plan, false, true)?;
+    let keep = Keep {
+        codes: false,
+        all_layers: false,
+        recon: true,
+    };
+    let (run, _claim) = run_model(request, plan, keep)?;
     let Run {
         model,
         data,
