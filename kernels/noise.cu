@@ -8,7 +8,7 @@
 // feeds a sum is `__fmul_rn` (never fused into an FMA), '/' and sqrtf are IEEE without --use_fast_math, and
 // no library function is called: the logarithm and the cosine are the polynomials below, the twins of
 // `ln_unit`, `cos_eighth` and `sin_eighth` there. The constants are decimal literals that both compilers
-// round to the same float.
+// round to the same float (the shortest decimals of those floats).
 //
 // Build by hand: nvcc --ptx -arch=compute_61 -O3 -I kernels kernels/noise.cu -o noise.ptx
 #include "half.cuh"
@@ -62,24 +62,24 @@ __device__ __forceinline__ float noise_ln_unit(float x) {
     }
     const float s = (m - 1.0f) / (m + 1.0f);
     const float s2 = __fmul_rn(s, s);
-    float p = 0.111111111f;
-    p = __fadd_rn(__fmul_rn(p, s2), 0.142857143f);
+    float p = 0.11111111f;
+    p = __fadd_rn(__fmul_rn(p, s2), 0.14285715f);
     p = __fadd_rn(__fmul_rn(p, s2), 0.2f);
-    p = __fadd_rn(__fmul_rn(p, s2), 0.333333333f);
+    p = __fadd_rn(__fmul_rn(p, s2), 0.33333334f);
     p = __fadd_rn(__fmul_rn(p, s2), 1.0f);
     const float ln_m = __fmul_rn(__fmul_rn(2.0f, s), p);
     const float ef = (float)e;
     // ln 2 in two parts; the high one has 16 significant bits, so e·LN2_HI is exact.
-    return __fadd_rn(__fmul_rn(ef, 0.693145751953125f), __fadd_rn(__fmul_rn(ef, 1.42860682e-6f), ln_m));
+    return __fadd_rn(__fmul_rn(ef, 0.69314575f), __fadd_rn(__fmul_rn(ef, 1.4286068e-6f), ln_m));
 }
 
 // cos x on [0, π/4], Taylor to x¹⁰. Twin of `cos_eighth`.
 __device__ __forceinline__ float noise_cos_eighth(float x) {
     const float x2 = __fmul_rn(x, x);
-    float p = -2.75573192e-7f;
-    p = __fadd_rn(__fmul_rn(p, x2), 2.48015873e-5f);
-    p = __fadd_rn(__fmul_rn(p, x2), -1.38888889e-3f);
-    p = __fadd_rn(__fmul_rn(p, x2), 4.16666667e-2f);
+    float p = -2.755732e-7f;
+    p = __fadd_rn(__fmul_rn(p, x2), 2.4801588e-5f);
+    p = __fadd_rn(__fmul_rn(p, x2), -1.3888889e-3f);
+    p = __fadd_rn(__fmul_rn(p, x2), 4.1666668e-2f);
     p = __fadd_rn(__fmul_rn(p, x2), -0.5f);
     return __fadd_rn(__fmul_rn(p, x2), 1.0f);
 }
@@ -87,10 +87,10 @@ __device__ __forceinline__ float noise_cos_eighth(float x) {
 // sin x on [0, π/4], Taylor to x⁹. Twin of `sin_eighth`.
 __device__ __forceinline__ float noise_sin_eighth(float x) {
     const float x2 = __fmul_rn(x, x);
-    float p = 2.75573192e-6f;
-    p = __fadd_rn(__fmul_rn(p, x2), -1.98412698e-4f);
-    p = __fadd_rn(__fmul_rn(p, x2), 8.33333333e-3f);
-    p = __fadd_rn(__fmul_rn(p, x2), -1.66666667e-1f);
+    float p = 2.7557319e-6f;
+    p = __fadd_rn(__fmul_rn(p, x2), -1.984127e-4f);
+    p = __fadd_rn(__fmul_rn(p, x2), 8.333334e-3f);
+    p = __fadd_rn(__fmul_rn(p, x2), -1.6666667e-1f);
     p = __fadd_rn(__fmul_rn(p, x2), 1.0f);
     return __fmul_rn(x, p);
 }
@@ -101,7 +101,7 @@ __device__ __forceinline__ float noise_standard_normal(unsigned int u, unsigned 
     const float u1 = __fmul_rn((float)((u >> 8) + 1u), 1.0f / 16777216.0f);  // (0, 1], exact
     const float radius = sqrtf(__fmul_rn(-2.0f, noise_ln_unit(u1)));
     const float v = __fmul_rn((float)(angle & 0x007FFFFFu), 1.0f / 8388608.0f);  // [0, 1), exact
-    const float half_pi = 1.57079633f;
+    const float half_pi = 1.5707964f;
     const float c = v < 0.5f ? noise_cos_eighth(__fmul_rn(v, half_pi)) : noise_sin_eighth(__fmul_rn(1.0f - v, half_pi));
     const float z = __fmul_rn(radius, c);
     return (angle >> 31) ? -z : z;

@@ -585,6 +585,7 @@ fn the_library_workflow_trains_as_the_binary_does() {
         patience: None,
         constraints: Default::default(),
         data_dtype: Default::default(),
+        noise: Default::default(),
     };
     let mut request = TrainRequest {
         run: RunSource::New(Box::new(new_run.clone())),

@@ -148,7 +148,7 @@ pub fn corrupt_row<T: Real>(
             v = fill[c];
         }
         if params.sigma != 0.0 {
-            v = v + sigma * T::from_f32(d.z);
+            v += sigma * T::from_f32(d.z);
         }
         *o = v;
     }
@@ -158,7 +158,7 @@ pub fn corrupt_row<T: Real>(
 const TWO_POW_M24: f32 = 1.0 / 16_777_216.0;
 const TWO_POW_M23: f32 = 1.0 / 8_388_608.0;
 /// π/2 rounded to f32.
-const HALF_PI: f32 = 1.570_796_33;
+const HALF_PI: f32 = std::f32::consts::FRAC_PI_2;
 
 /// A standard normal variate from two uniform words (Box–Muller, see the module doc): `u` gives u₁ =
 /// (top 24 bits + 1)·2⁻²⁴ in (0, 1], `angle` a sign (its top bit) and v = (low 23 bits)·2⁻²³ in [0, 1).
@@ -182,8 +182,8 @@ pub fn standard_normal(u: u32, angle: u32) -> f32 {
 }
 
 /// ln 2 in two parts: `LN2_HI` has 16 significant bits, so e·LN2_HI is exact for any exponent here.
-const LN2_HI: f32 = 0.693_145_751_953_125;
-const LN2_LO: f32 = 1.428_606_82e-6;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
 
 /// ln x for a normal positive x ≤ 1 (u₁ of `standard_normal`), from `+ − × ÷` alone: x = m·2ᵉ with m in
 /// [√½, √2), ln m = 2s(1 + s²/3 + s⁴/5 + s⁶/7 + s⁸/9) with s = (m − 1)/(m + 1), |s| ≤ 0.172 (the series'
@@ -200,10 +200,10 @@ pub fn ln_unit(x: f32) -> f32 {
     }
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;
-    let mut p = 0.111_111_111;
-    p = p * s2 + 0.142_857_143;
+    let mut p = 0.111_111_11;
+    p = p * s2 + 0.142_857_15;
     p = p * s2 + 0.2;
-    p = p * s2 + 0.333_333_333;
+    p = p * s2 + 0.333_333_34;
     p = p * s2 + 1.0;
     let ln_m = 2.0 * s * p;
     let e = e as f32;
@@ -214,10 +214,10 @@ pub fn ln_unit(x: f32) -> f32 {
 #[inline(always)]
 pub fn cos_eighth(x: f32) -> f32 {
     let x2 = x * x;
-    let mut p = -2.755_731_92e-7;
-    p = p * x2 + 2.480_158_73e-5;
-    p = p * x2 - 1.388_888_89e-3;
-    p = p * x2 + 4.166_666_67e-2;
+    let mut p = -2.755_732e-7;
+    p = p * x2 + 2.480_158_8e-5;
+    p = p * x2 - 1.388_888_9e-3;
+    p = p * x2 + 4.166_666_8e-2;
     p = p * x2 - 0.5;
     p * x2 + 1.0
 }
@@ -226,10 +226,10 @@ pub fn cos_eighth(x: f32) -> f32 {
 #[inline(always)]
 pub fn sin_eighth(x: f32) -> f32 {
     let x2 = x * x;
-    let mut p = 2.755_731_92e-6;
-    p = p * x2 - 1.984_126_98e-4;
-    p = p * x2 + 8.333_333_33e-3;
-    p = p * x2 - 1.666_666_67e-1;
+    let mut p = 2.755_731_9e-6;
+    p = p * x2 - 1.984_127e-4;
+    p = p * x2 + 8.333_334e-3;
+    p = p * x2 - 1.666_666_7e-1;
     p = p * x2 + 1.0;
     x * p
 }
