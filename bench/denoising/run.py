@@ -167,8 +167,9 @@ def main():
     ap.add_argument("--seeds", default="1,2,3,4,5")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
-    print(f"tiedae: {run([a.tiedae, '--version']).strip()}; numpy {np.__version__}, "
-          f"scikit-learn {__import__('sklearn').__version__}; seeds {seeds}")
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True)
+    print(f"tiedae: {run([a.tiedae, '--version']).strip()} (git {commit.stdout.strip() or '?'}); "
+          f"numpy {np.__version__}, scikit-learn {__import__('sklearn').__version__}; seeds {seeds}")
     with tempfile.TemporaryDirectory() as tmp:
         reconstruction(a.tiedae, tmp, seeds)
         features(a.tiedae, tmp, seeds)

@@ -107,24 +107,37 @@ pub struct Draw {
 pub fn draw(row: u32, col: u32, key: &[u32; 3], params: &NoiseParams, donor_rows: u32) -> Draw {
     let seed = [key[0], key[1]];
     let [swap_word, donor_word, mask_word, _] = philox4x32_10([col, row, key[2], 0], seed);
-    let donor = ((swap_word >> 8) < params.swap_below && donor_rows > 1).then(|| {
-        // Uniform over the other rows: one of donor_rows − 1, skipping `row` itself.
-        let d = ((u64::from(donor_word) * u64::from(donor_rows - 1)) >> 32) as u32;
-        d + u32::from(d >= row)
-    });
-    let masked = (mask_word >> 8) < params.mask_below;
     let z = if params.sigma != 0.0 {
         let [u, angle, _, _] = philox4x32_10([col, row, key[2], 1], seed);
         standard_normal(u, angle)
     } else {
         0.0
     };
+    decide(
+        [swap_word, donor_word, mask_word],
+        z,
+        row,
+        params,
+        donor_rows,
+    )
+}
+
+/// A cell's draws from the words of its block 0 and its normal variate.
+#[inline(always)]
+fn decide(words: [u32; 3], z: f32, row: u32, params: &NoiseParams, donor_rows: u32) -> Draw {
+    let [swap_word, donor_word, mask_word] = words;
+    let donor = ((swap_word >> 8) < params.swap_below && donor_rows > 1).then(|| {
+        // Uniform over the other rows: one of donor_rows − 1, skipping `row` itself.
+        let d = ((u64::from(donor_word) * u64::from(donor_rows - 1)) >> 32) as u32;
+        d + u32::from(d >= row)
+    });
+    let masked = (mask_word >> 8) < params.mask_below;
     Draw { donor, masked, z }
 }
 
 /// Row `row` of the training set (`clean`, one value per column) with its noise, into `out`: the same
-/// values `corrupt_rows` writes on any backend. `donor(d, c)` reads column c of training row d; `fill` holds
-/// each column's mask value.
+/// values `corrupt_rows` writes on any backend (each cell is [`draw`]'s). `donor(d, c)` reads column c of
+/// training row d; `fill` holds each column's mask value.
 #[allow(clippy::too_many_arguments)] // the op's arguments, one row at a time
 #[inline]
 pub fn corrupt_row<T: Real>(
@@ -137,21 +150,131 @@ pub fn corrupt_row<T: Real>(
     donor: impl Fn(u32, usize) -> T,
     fill: &[T],
 ) {
-    let sigma = T::from_f32(params.sigma);
-    for (c, (o, &x)) in out.iter_mut().zip(clean).enumerate() {
-        let d = draw(row, c as u32, key, params, donor_rows);
-        let mut v = match d.donor {
-            Some(r) => donor(r, c),
-            None => x,
-        };
-        if d.masked {
-            v = fill[c];
-        }
-        if params.sigma != 0.0 {
-            v += sigma * T::from_f32(d.z);
-        }
-        *o = v;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: this CPU has AVX2 (checked).
+        return unsafe { corrupt_row_avx2(clean, out, row, key, params, donor_rows, donor, fill) };
     }
+    corrupt_row_lanes(clean, out, row, key, params, donor_rows, donor, fill)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn corrupt_row_avx2<T: Real>(
+    clean: &[T],
+    out: &mut [T],
+    row: u32,
+    key: &[u32; 3],
+    params: &NoiseParams,
+    donor_rows: u32,
+    donor: impl Fn(u32, usize) -> T,
+    fill: &[T],
+) {
+    corrupt_row_lanes(clean, out, row, key, params, donor_rows, donor, fill)
+}
+
+/// Columns drawn together by `corrupt_row`: the Philox rounds and the polynomials run on this many lanes at
+/// once, loops the compiler turns into vector instructions. Each lane does the scalar functions' operations,
+/// so the values are theirs (tested).
+const LANES: usize = 16;
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn corrupt_row_lanes<T: Real>(
+    clean: &[T],
+    out: &mut [T],
+    row: u32,
+    key: &[u32; 3],
+    params: &NoiseParams,
+    donor_rows: u32,
+    donor: impl Fn(u32, usize) -> T,
+    fill: &[T],
+) {
+    let sigma = T::from_f32(params.sigma);
+    let seed = [key[0], key[1]];
+    for (chunk, (outs, xs)) in out.chunks_mut(LANES).zip(clean.chunks(LANES)).enumerate() {
+        let first = (chunk * LANES) as u32;
+        let [swap_words, donor_words, mask_words, _] = philox_lanes(first, row, key[2], 0, seed);
+        let z = if params.sigma != 0.0 {
+            let [u, angle, _, _] = philox_lanes(first, row, key[2], 1, seed);
+            standard_normal_lanes(&u, &angle)
+        } else {
+            [0.0; LANES]
+        };
+        for (l, (o, &x)) in outs.iter_mut().zip(xs).enumerate() {
+            let c = chunk * LANES + l;
+            let words = [swap_words[l], donor_words[l], mask_words[l]];
+            let d = decide(words, z[l], row, params, donor_rows);
+            let mut v = match d.donor {
+                Some(r) => donor(r, c),
+                None => x,
+            };
+            if d.masked {
+                v = fill[c];
+            }
+            if params.sigma != 0.0 {
+                v += sigma * T::from_f32(d.z);
+            }
+            *o = v;
+        }
+    }
+}
+
+/// [`philox4x32_10`] of the counters (first + l, row, epoch, block) for every lane l.
+#[inline(always)]
+fn philox_lanes(first: u32, row: u32, epoch: u32, block: u32, key: [u32; 2]) -> [[u32; LANES]; 4] {
+    let mut c0: [u32; LANES] = std::array::from_fn(|l| first.wrapping_add(l as u32));
+    let (mut c1, mut c2, mut c3) = ([row; LANES], [epoch; LANES], [block; LANES]);
+    let [mut k0, mut k1] = key;
+    for round in 0..PHILOX_ROUNDS {
+        if round > 0 {
+            k0 = k0.wrapping_add(PHILOX_W0);
+            k1 = k1.wrapping_add(PHILOX_W1);
+        }
+        for l in 0..LANES {
+            let p0 = u64::from(PHILOX_M0) * u64::from(c0[l]);
+            let p1 = u64::from(PHILOX_M1) * u64::from(c2[l]);
+            (c0[l], c1[l], c2[l], c3[l]) = (
+                (p1 >> 32) as u32 ^ c1[l] ^ k0,
+                p1 as u32,
+                (p0 >> 32) as u32 ^ c3[l] ^ k1,
+                p0 as u32,
+            );
+        }
+    }
+    [c0, c1, c2, c3]
+}
+
+/// [`standard_normal`] of every lane, stage by stage and without branches: both polynomials are computed
+/// and the one `standard_normal` would take is kept.
+#[inline(always)]
+fn standard_normal_lanes(u: &[u32; LANES], angle: &[u32; LANES]) -> [f32; LANES] {
+    let mut ln = [0.0f32; LANES];
+    for l in 0..LANES {
+        ln[l] = ln_unit_select(((u[l] >> 8) + 1) as f32 * TWO_POW_M24);
+    }
+    let mut z = [0.0f32; LANES];
+    for l in 0..LANES {
+        let radius = (-2.0 * ln[l]).sqrt();
+        let v = (angle[l] & 0x007F_FFFF) as f32 * TWO_POW_M23;
+        let c = cos_eighth(v * HALF_PI);
+        let s = sin_eighth((1.0 - v) * HALF_PI);
+        let r = radius * if v < 0.5 { c } else { s };
+        z[l] = if angle[l] >> 31 == 1 { -r } else { r };
+    }
+    z
+}
+
+/// [`ln_unit`] with its branch as a selection (the same operations on the value it keeps).
+#[inline(always)]
+fn ln_unit_select(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let big = bits & 0x007F_FFFF > 0x0035_04F3;
+    let m = f32::from_bits((bits & 0x007F_FFFF) | 0x3F80_0000);
+    let m = if big { m * 0.5 } else { m };
+    let e = ((bits >> 23) & 0xFF) as i32 - 127 + i32::from(big);
+    ln_series(m, e)
 }
 
 /// 2⁻²⁴ and 2⁻²³, exact.
@@ -198,6 +321,12 @@ pub fn ln_unit(x: f32) -> f32 {
         m *= 0.5;
         e += 1;
     }
+    ln_series(m, e)
+}
+
+/// e·ln 2 + ln m for m in [√½, √2] (see `ln_unit`).
+#[inline(always)]
+fn ln_series(m: f32, e: i32) -> f32 {
     let s = (m - 1.0) / (m + 1.0);
     let s2 = s * s;
     let mut p = 0.111_111_11;
@@ -358,6 +487,39 @@ mod tests {
         }
         // One row has no other: nothing is swapped.
         assert_eq!(draw(0, 0, &key, &params, 1).donor, None);
+    }
+
+    /// `corrupt_row` draws its lanes together: the same values as `draw`, cell by cell, over rows whose
+    /// width is not a multiple of the lanes, every noise on (and with AVX2 where the CPU has it).
+    #[test]
+    fn the_lanes_draw_what_draw_draws() {
+        let params = NoiseParams {
+            swap_below: threshold(0.3),
+            mask_below: threshold(0.2),
+            sigma: 0.7,
+        };
+        let cols = 3 * LANES + 5;
+        let donor_rows = 1000u32;
+        for row in [0u32, 1, 999, 123_456] {
+            for key in [key_words(42, 1), key_words(u64::MAX, 77)] {
+                let clean: Vec<f32> = (0..cols).map(|c| c as f32).collect();
+                let fill: Vec<f32> = (0..cols).map(|c| -(c as f32)).collect();
+                let donor = |d: u32, c: usize| (d as usize * 1000 + c) as f32 + 0.5;
+                let mut out = vec![0.0f32; cols];
+                corrupt_row(
+                    &clean, &mut out, row, &key, &params, donor_rows, donor, &fill,
+                );
+                for c in 0..cols {
+                    let d = draw(row, c as u32, &key, &params, donor_rows);
+                    let mut v = d.donor.map_or(clean[c], |r| donor(r, c));
+                    if d.masked {
+                        v = fill[c];
+                    }
+                    v += params.sigma * d.z;
+                    assert_eq!(out[c].to_bits(), v.to_bits(), "row {row}, column {c}");
+                }
+            }
+        }
     }
 
     #[test]
