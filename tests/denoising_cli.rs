@@ -161,7 +161,45 @@ fn the_model_file_and_summary_record_the_noise_and_a_file_without_it_loads() {
     assert!(io::load_model(&plain).unwrap().noise.is_off());
     let summary = ok(&["summary", "--model", plain.to_str().unwrap()]);
     assert!(summary.contains("Training noise: none"), "{summary}");
+    // A checkpoint written before --noise has no noise in its settings: it resumes, without noise.
+    let old = dir.join("old.safetensors");
+    without_noise_in_checkpoint(&plain, &old);
+    ok(&[
+        "train",
+        "--resume",
+        old.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    let resumed = io::load_model(&old).unwrap();
+    assert_eq!(resumed.checkpoint.unwrap().state.epochs_done, 2);
+    assert!(resumed.noise.is_off());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `from` rewritten to `to` with the `noise` field taken out of its checkpoint's settings, as a file written
+/// before the flag existed.
+fn without_noise_in_checkpoint(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let mut ck: serde_json::Value = serde_json::from_str(&meta["checkpoint"]).unwrap();
+    let settings = ck["settings"].as_object_mut().unwrap();
+    assert!(
+        settings.remove("noise").is_some(),
+        "the checkpoint holds the noise"
+    );
+    meta.insert("checkpoint".into(), ck.to_string());
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .names()
+        .into_iter()
+        .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+        .collect();
+    let out = safetensors::serialize(tensors, Some(meta)).unwrap();
+    std::fs::write(to, out).unwrap();
 }
 
 #[test]
