@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tiedae::io;
+use tiedae::io::{self, checksum};
 use tiedae::train::Noise;
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -90,6 +90,16 @@ fn a_noisy_run_resumed_from_its_file_ends_bit_for_bit_where_the_straight_run_end
         "{first_line}"
     );
     run(&split, "2");
+    // A resumed run continues with its noise: the same given again is accepted, another one is refused.
+    let split_path = split.to_str().unwrap();
+    let other = tiedae(&[
+        "train", "--resume", split_path, "--epochs", "5", "--device", "cpu", "--noise", "swap:0.2",
+    ]);
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success() && err.contains("--noise: swap:0.2 differs"),
+        "{err}"
+    );
     let resumed = ok(&[
         "train",
         "--resume",
@@ -98,6 +108,10 @@ fn a_noisy_run_resumed_from_its_file_ends_bit_for_bit_where_the_straight_run_end
         "5",
         "--device",
         "cpu",
+        "--noise",
+        "mask:0.05,swap:0.15",
+        "--noise",
+        "gaussian:0.05",
     ]);
     assert!(resumed.contains("denoising"), "{resumed}");
     let (a, b) = (
@@ -198,6 +212,18 @@ fn without_noise_in_checkpoint(from: &Path, to: &Path) {
         .into_iter()
         .map(|n| (n.to_string(), st.tensor(n).unwrap()))
         .collect();
+    // Signed again, as the tiedae of before would have signed it.
+    let mut refs: Vec<checksum::TensorRef<'_>> = tensors
+        .iter()
+        .map(|(name, view)| checksum::TensorRef {
+            name,
+            dtype: format!("{:?}", view.dtype()),
+            shape: view.shape(),
+            data: view.data(),
+        })
+        .collect();
+    let sum = checksum::model_checksum(&meta, &mut refs);
+    meta.insert(checksum::KEY.to_string(), sum);
     let out = safetensors::serialize(tensors, Some(meta)).unwrap();
     std::fs::write(to, out).unwrap();
 }

@@ -139,8 +139,9 @@ pub(super) struct NoiseState<T> {
 impl<B: Backend> Network<B> {
     /// Turns denoising on for the following training steps (off: a `Noise` that is off). Call it before
     /// [`Network::set_data`] for a set kept on the host; the first call that turns noise on moves the input
-    /// batch into a buffer with room for the clean rows before it (see the module doc). The key is set per
-    /// epoch by [`Network::order_epoch`], or by [`Network::set_noise_key`].
+    /// batch into a buffer of 3·max_batch rows with room for the clean rows before it (see the module doc;
+    /// the first input buffer stays allocated, backends free nothing, which the run's memory estimate
+    /// counts). The key is set per epoch by [`Network::order_epoch`], or by [`Network::set_noise_key`].
     pub fn set_noise(&mut self, noise: Noise) -> Result<()> {
         self.forget_graphs();
         self.sets.staged = None;

@@ -92,7 +92,7 @@ fn check_sizes(
 ) -> Result<(Device, Vec<Need>)> {
     let device = resolve_device(request.device)?;
     let on_cpu = device == Device::Cpu;
-    let estimate = memory::training_estimate(&TrainingShape {
+    let mut estimate = memory::training_estimate(&TrainingShape {
         widths,
         state_buffers: settings.optimizer()?.state_buffers(),
         batch: settings.batch_size,
@@ -106,6 +106,17 @@ fn check_sizes(
         data_on_device: on_cpu || request.data_on == Placement::Device,
         keeps_best: settings.patience.is_some(),
     });
+    if !settings.noise.is_off() {
+        // train/noise.rs: the batch's input moves into a buffer of 3·batch rows (clean rows, corrupted rows,
+        // their gradient), beside one mask value per column and the key.
+        let d0 = widths.first().copied().unwrap_or(0) as u128;
+        estimate.device.push(Need {
+            what: "denoising batch",
+            bytes: 4 * (3 * settings.batch_size as u128 * d0 + d0 + 3),
+            flag: "--batch-size",
+            advice: "use a smaller --batch-size",
+        });
+    }
     let task = task(widths);
     if on_cpu {
         estimate.check(&task, None)?;
