@@ -371,7 +371,8 @@ fn a_noisy_run_stopped_mid_epoch_resumes_bit_for_bit() {
 }
 
 /// The GPU trains a denoising model as the CPU does (its noise is the CPU's bit for bit, its sums are
-/// rounded in another order: the tolerance of tests/gpu_training.rs).
+/// rounded in another order: the tolerance of tests/gpu_training.rs), with the set on the device or kept on
+/// the host; and recorded CUDA graphs replay it bit for bit.
 #[test]
 fn gpu_denoising_matches_cpu() {
     let test = "gpu_denoising_matches_cpu";
@@ -406,4 +407,28 @@ fn gpu_denoising_matches_cpu() {
             );
         }
     }
+    // CUDA graphs replay each epoch's noise: the same bits as the kernels launched one by one.
+    let run = |graphs: bool| {
+        let gpu = gpu_backend(test).expect("the GPU of the first call");
+        let mut net = network(
+            gpu,
+            Some(every_noise()),
+            1000,
+            DataOptions::default(),
+            &init,
+        );
+        assert_eq!(
+            net.set_graphs(graphs),
+            graphs,
+            "{test}: the GPU records graphs"
+        );
+        let out = fit(&mut net, 3);
+        assert!(
+            net.graph_failures().is_empty(),
+            "{:?}",
+            net.graph_failures()
+        );
+        out
+    };
+    assert_eq!(run(true), run(false), "{test}: graphs against launches");
 }
