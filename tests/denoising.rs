@@ -293,6 +293,33 @@ fn noise_on_a_set_kept_on_the_host_equals_noise_on_the_device() {
     }
 }
 
+/// The mask value of each column (`Network::set_mask_fill`, where imputation will put its values) reaches
+/// both the device's op and the host's staging, and changes the run.
+#[test]
+fn the_mask_values_reach_the_device_and_the_host() {
+    let init = spec().glorot_init(2);
+    let mask = Noise {
+        mask: 0.3,
+        ..Default::default()
+    };
+    let run = |placement, fill: Option<&[f32]>| {
+        let options = DataOptions::new(DataType::F32, placement);
+        let mut net = network(Recorder::new(), Some(mask), 157, options, &init);
+        if let Some(f) = fill {
+            net.set_mask_fill(f).unwrap();
+        }
+        fit(&mut net, 2)
+    };
+    let fill: Vec<f32> = (0..COLS).map(|c| 0.5 - c as f32 * 0.25).collect();
+    let device = run(Placement::Device, Some(&fill));
+    assert_eq!(run(Placement::Host, Some(&fill)), device);
+    assert_ne!(
+        run(Placement::Device, None),
+        device,
+        "the mask values changed nothing"
+    );
+}
+
 /// Recorded graphs replay the noise of the epoch they run in (its key is in backend memory): the same bits
 /// as the steps run op by op, over epochs with different keys.
 #[test]
